@@ -1,0 +1,59 @@
+//! Helpers shared by the benchmarks: steady timing and running the Python twins.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+/// The median seconds per call of `f`, over 7 rounds of about 0.2 s each.
+pub fn median_seconds(mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut calls = 0u32;
+    while start.elapsed().as_secs_f64() < 0.2 {
+        f();
+        calls += 1;
+    }
+    let mut rounds: Vec<f64> = (0..7)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..calls {
+                f();
+            }
+            start.elapsed().as_secs_f64() / f64::from(calls)
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[rounds.len() / 2]
+}
+
+/// The Python interpreter to compare with: `DIGIT3D_PYTHON`, else `python3`.
+pub fn python() -> String {
+    std::env::var("DIGIT3D_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Runs `python3 SCRIPT ARGS...` (the script relative to `benches/`) with one thread for the
+/// numeric libraries, and parses the JSON line it prints.
+pub fn run_python(script: &str, args: &[&Path]) -> Result<serde_json::Value, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches")
+        .join(script);
+    let output = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .env("OPENBLAS_NUM_THREADS", "1")
+        .env("MKL_NUM_THREADS", "1")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed (install numpy and h5py: pip install numpy h5py): {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| format!("unexpected output {line:?}: {e}"))
+}

@@ -1,0 +1,616 @@
+//! The 24 projected views of a cloud and the grid image the network sees.
+//!
+//! A cloud is projected three ways, onto the (x, y), (x, z) and (y, z) planes, each giving a
+//! binary *board* of `S x S` pixels (`S` = [`VIEW_SIZE`] by default). Every board yields eight
+//! *views*: itself and its left-right mirror image, each turned by 0, 1, 2 and 3 counter-clockwise
+//! quarter turns. The 24 views are tiled five to a row into the *grid*, a
+//! [`grid_side`]`(S)`-square image (256 for `S = 46`).
+//!
+//! The boards are kept as bit rows, and the views and the grid are written straight from the lit
+//! board pixels, so the cost follows the number of lit pixels rather than the image area.
+
+use rayon::prelude::*;
+
+use crate::Point;
+
+/// The side of one view in pixels, `S`.
+pub const VIEW_SIZE: usize = 46;
+
+/// The number of views of one cloud.
+pub const VIEW_COUNT: usize = 24;
+
+/// Coordinates in `-EXTENT..EXTENT` map onto a view; others clip to its border.
+pub const EXTENT: f32 = 0.75;
+
+/// The largest view side the bit-row boards can hold.
+pub const MAX_VIEW_SIZE: usize = 64;
+
+/// Zero pixels between neighbouring cells of the grid.
+const CELL_GAP: usize = 4;
+
+/// Zero pixels around the tiled cells.
+const BORDER: usize = 5;
+
+/// Cells per row of the grid.
+const CELLS_PER_ROW: usize = 5;
+
+/// The side of the grid for views of side `size`: `5 * size + 16` for the tiles plus a border of
+/// 5 on each side (256 for the default 46).
+pub const fn grid_side(size: usize) -> usize {
+    CELLS_PER_ROW * size + (CELLS_PER_ROW - 1) * CELL_GAP + 2 * BORDER
+}
+
+/// One of the three orthographic projections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Projection {
+    /// A short name: `"xy"`, `"xz"` or `"yz"`.
+    pub name: &'static str,
+    /// The coordinate that becomes the image row.
+    pub row_axis: usize,
+    /// The coordinate that becomes the image column.
+    pub col_axis: usize,
+}
+
+/// The projections in the order their views appear.
+pub const PROJECTIONS: [Projection; 3] = [
+    Projection {
+        name: "xy",
+        row_axis: 0,
+        col_axis: 1,
+    },
+    Projection {
+        name: "xz",
+        row_axis: 0,
+        col_axis: 2,
+    },
+    Projection {
+        name: "yz",
+        row_axis: 1,
+        col_axis: 2,
+    },
+];
+
+/// What one of the 24 views shows: which projection, mirrored or not, turned how far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViewKind {
+    /// The projection, an entry of [`PROJECTIONS`].
+    pub projection: Projection,
+    /// Whether the board was mirrored left-right before turning.
+    pub mirrored: bool,
+    /// Counter-clockwise quarter turns, 0..=3.
+    pub turns: u8,
+}
+
+impl ViewKind {
+    /// The kind of view `index` (0..24): projection-major, then turns, mirrored after plain.
+    ///
+    /// # Panics
+    ///
+    /// When `index >= VIEW_COUNT`.
+    pub fn of(index: usize) -> Self {
+        assert!(
+            index < VIEW_COUNT,
+            "view index {index} out of 0..{VIEW_COUNT}"
+        );
+        ViewKind {
+            projection: PROJECTIONS[index / 8],
+            mirrored: index % 2 == 1,
+            turns: (index % 8 / 2) as u8,
+        }
+    }
+
+    /// A label such as `xz mirrored 90°`.
+    pub fn label(&self) -> String {
+        let flip = if self.mirrored { "mirrored" } else { "plain" };
+        format!(
+            "{} {flip} {}°",
+            self.projection.name,
+            90 * u32::from(self.turns)
+        )
+    }
+
+    /// A file-name stem such as `xz-mirrored-090`.
+    pub fn file_stem(&self) -> String {
+        let flip = if self.mirrored { "mirrored" } else { "plain" };
+        format!(
+            "{}-{flip}-{:03}",
+            self.projection.name,
+            90 * u32::from(self.turns)
+        )
+    }
+}
+
+/// Where each view sits in the grid: the row and column of its top-left pixel.
+pub fn cell_origin(index: usize, size: usize) -> (usize, usize) {
+    let pitch = size + CELL_GAP;
+    (
+        BORDER + index / CELLS_PER_ROW * pitch,
+        BORDER + index % CELLS_PER_ROW * pitch,
+    )
+}
+
+/// The board pixel a coordinate falls in: `round((v + 0.75) / 1.5 * size)` with ties to even,
+/// clipped to `0..size`. NaN maps to 0.
+#[inline]
+pub fn pixel_of(v: f32, size: usize) -> usize {
+    // Adding and subtracting 1.5 * 2^23 rounds any |x| < 2^22 to the nearest integer with ties
+    // to even, in plain SSE2 arithmetic (f32::round_ties_even is a library call without SSE4.1).
+    const ROUND: f32 = 12_582_912.0;
+    let s = size as f32;
+    let x = ((v + EXTENT) / (2.0 * EXTENT)) * s;
+    let x = x.max(-1.0).min(s);
+    let rounded = (x + ROUND) - ROUND;
+    rounded.max(0.0).min(s - 1.0) as usize
+}
+
+/// The three binary boards of a cloud, one bit per pixel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Boards {
+    size: usize,
+    rows: [[u64; MAX_VIEW_SIZE]; 3],
+}
+
+impl Boards {
+    /// Empty boards of side `size`.
+    ///
+    /// # Panics
+    ///
+    /// When `size` is 0 or above [`MAX_VIEW_SIZE`].
+    pub fn new(size: usize) -> Self {
+        assert!(
+            (1..=MAX_VIEW_SIZE).contains(&size),
+            "view size {size} out of 1..={MAX_VIEW_SIZE}"
+        );
+        Boards {
+            size,
+            rows: [[0; MAX_VIEW_SIZE]; 3],
+        }
+    }
+
+    /// The boards of `cloud` (see [`Boards::new`] for the panics).
+    pub fn from_cloud(cloud: &[Point], size: usize) -> Self {
+        let mut boards = Boards::new(size);
+        boards.fill(cloud);
+        boards
+    }
+
+    /// Clears the boards and lights the pixels of `cloud`.
+    pub fn fill(&mut self, cloud: &[Point]) {
+        self.rows = [[0; MAX_VIEW_SIZE]; 3];
+        for &[x, y, z] in cloud {
+            let (x, y, z) = (
+                pixel_of(x, self.size),
+                pixel_of(y, self.size),
+                pixel_of(z, self.size),
+            );
+            self.rows[0][x] |= 1 << y;
+            self.rows[1][x] |= 1 << z;
+            self.rows[2][y] |= 1 << z;
+        }
+    }
+
+    /// The side of each board.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Whether pixel (`row`, `col`) of board `projection` (an index into [`PROJECTIONS`]) is lit.
+    pub fn is_lit(&self, projection: usize, row: usize, col: usize) -> bool {
+        row < self.size && col < self.size && self.rows[projection][row] >> col & 1 == 1
+    }
+
+    /// The number of lit pixels of board `projection`.
+    pub fn lit_count(&self, projection: usize) -> usize {
+        self.rows[projection]
+            .iter()
+            .map(|r| r.count_ones() as usize)
+            .sum()
+    }
+
+    /// Calls `emit(view, row, col)` for every lit pixel of every view.
+    #[inline]
+    fn for_each_lit_view_pixel(&self, mut emit: impl FnMut(usize, usize, usize)) {
+        let last = self.size - 1;
+        for (projection, rows) in self.rows.iter().enumerate() {
+            let first_view = 8 * projection;
+            for (r, &bits) in rows[..self.size].iter().enumerate() {
+                let mut bits = bits;
+                while bits != 0 {
+                    let c = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let (rr, cc) = (last - r, last - c);
+                    // Where pixel (r, c) of the board lands in each of its eight views, in view
+                    // order: turn k of the plain board, then turn k of the mirrored board.
+                    let places = [
+                        (r, c),
+                        (r, cc),
+                        (cc, r),
+                        (c, r),
+                        (rr, cc),
+                        (rr, c),
+                        (c, rr),
+                        (cc, rr),
+                    ];
+                    for (k, (row, col)) in places.into_iter().enumerate() {
+                        emit(first_view + k, row, col);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The 24 views as images.
+    pub fn views(&self) -> Views {
+        let mut pixels = vec![0u8; VIEW_COUNT * self.size * self.size];
+        self.write_views(&mut pixels, 1);
+        Views {
+            size: self.size,
+            pixels,
+        }
+    }
+
+    /// Writes the 24 views, view-major then row-major, into `out` (`24 * size * size` values):
+    /// `on` where a view is lit, `T::default()` elsewhere.
+    ///
+    /// # Panics
+    ///
+    /// When `out` has the wrong length.
+    pub fn write_views<T: Copy + Default>(&self, out: &mut [T], on: T) {
+        let area = self.size * self.size;
+        assert_eq!(
+            out.len(),
+            VIEW_COUNT * area,
+            "views buffer has the wrong length"
+        );
+        out.fill(T::default());
+        let size = self.size;
+        self.for_each_lit_view_pixel(|view, row, col| out[view * area + row * size + col] = on);
+    }
+
+    /// The grid image.
+    pub fn grid(&self) -> Grid {
+        let side = grid_side(self.size);
+        let mut pixels = vec![0u8; side * side];
+        self.write_grid(&mut pixels, 1);
+        Grid { side, pixels }
+    }
+
+    /// Writes the grid, row-major, into `out` (`grid_side(size)²` values): `on` where lit,
+    /// `T::default()` elsewhere.
+    ///
+    /// # Panics
+    ///
+    /// When `out` has the wrong length.
+    pub fn write_grid<T: Copy + Default>(&self, out: &mut [T], on: T) {
+        let side = grid_side(self.size);
+        assert_eq!(out.len(), side * side, "grid buffer has the wrong length");
+        out.fill(T::default());
+        let origins: [(usize, usize); VIEW_COUNT] =
+            std::array::from_fn(|view| cell_origin(view, self.size));
+        self.for_each_lit_view_pixel(|view, row, col| {
+            let (top, left) = origins[view];
+            out[(top + row) * side + left + col] = on;
+        });
+    }
+}
+
+/// The 24 views of one cloud, each `size x size`, with 1 where lit and 0 elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Views {
+    size: usize,
+    pixels: Vec<u8>,
+}
+
+impl Views {
+    /// The side of each view.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// View `index` (0..24), row-major.
+    pub fn view(&self, index: usize) -> &[u8] {
+        let area = self.size * self.size;
+        &self.pixels[index * area..(index + 1) * area]
+    }
+
+    /// All views, view-major then row-major.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.pixels
+    }
+
+    /// The grid these views tile into, built cell by cell as the method describes it. Equal to
+    /// [`Boards::grid`] of the same boards, which writes it directly.
+    pub fn tile(&self) -> Grid {
+        let side = grid_side(self.size);
+        let mut pixels = vec![0u8; side * side];
+        for index in 0..VIEW_COUNT {
+            let (top, left) = cell_origin(index, self.size);
+            for (r, row) in self.view(index).chunks(self.size).enumerate() {
+                let start = (top + r) * side + left;
+                pixels[start..start + self.size].copy_from_slice(row);
+            }
+        }
+        Grid { side, pixels }
+    }
+}
+
+/// The grid image, `side x side`, with 1 where lit and 0 elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grid {
+    side: usize,
+    pixels: Vec<u8>,
+}
+
+impl Grid {
+    /// The side in pixels.
+    pub fn side(&self) -> usize {
+        self.side
+    }
+
+    /// The pixels, row-major.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.pixels
+    }
+
+    /// The pixel at (`row`, `col`).
+    pub fn get(&self, row: usize, col: usize) -> u8 {
+        self.pixels[row * self.side + col]
+    }
+}
+
+/// The grid of `cloud` with the default view size.
+pub fn grid_of(cloud: &[Point]) -> Grid {
+    Boards::from_cloud(cloud, VIEW_SIZE).grid()
+}
+
+/// Writes the grids of many clouds into `out`, one `grid_side(size)²` block per cloud, as `0.0`
+/// and `1.0`, using every core.
+///
+/// # Panics
+///
+/// When `out` does not hold exactly one grid per cloud, or `size` is out of range.
+pub fn write_grids(clouds: &[&[Point]], size: usize, out: &mut [f32]) {
+    let area = grid_side(size) * grid_side(size);
+    assert_eq!(
+        out.len(),
+        clouds.len() * area,
+        "grid batch buffer has the wrong length"
+    );
+    out.par_chunks_mut(area)
+        .zip(clouds.par_iter())
+        .for_each_init(
+            || Boards::new(size),
+            |boards, (grid, cloud)| {
+                boards.fill(cloud);
+                boards.write_grid(grid, 1.0);
+            },
+        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The coordinate whose pixel is exactly `p` (with no rounding doubt).
+    fn at(p: usize, size: usize) -> f32 {
+        p as f32 / size as f32 * 1.5 - 0.75
+    }
+
+    /// A 4 x 4 board as text, `#` for lit, row by row.
+    fn board_text(boards: &Boards, projection: usize) -> Vec<String> {
+        (0..boards.size())
+            .map(|r| {
+                (0..boards.size())
+                    .map(|c| {
+                        if boards.is_lit(projection, r, c) {
+                            '#'
+                        } else {
+                            '.'
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn view_text(views: &Views, index: usize) -> Vec<String> {
+        views
+            .view(index)
+            .chunks(views.size())
+            .map(|row| {
+                row.iter()
+                    .map(|&v| if v == 1 { '#' } else { '.' })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pixel_of_maps_the_extent_onto_the_board() {
+        // (v + 0.75) / 1.5 * 46: -0.75 -> 0, 0 -> 23, 0.72 -> 45.08 -> 45.
+        assert_eq!(pixel_of(-0.75, 46), 0);
+        assert_eq!(pixel_of(0.0, 46), 23);
+        assert_eq!(pixel_of(0.72, 46), 45);
+        // 0.1 -> 26.07 -> 26; -0.3 -> 13.8 -> 14.
+        assert_eq!(pixel_of(0.1, 46), 26);
+        assert_eq!(pixel_of(-0.3, 46), 14);
+    }
+
+    #[test]
+    fn pixel_of_rounds_ties_to_even_like_numpy() {
+        // With size 8, (v + 0.75) / 1.5 * 8 is exactly 0.5 at v = -0.65625, 1.5 at -0.46875,
+        // 2.5 at -0.28125 and 5.5 at 0.28125: halves go to the even neighbour.
+        assert_eq!(pixel_of(-0.65625, 8), 0);
+        assert_eq!(pixel_of(-0.46875, 8), 2);
+        assert_eq!(pixel_of(-0.28125, 8), 2);
+        assert_eq!(pixel_of(0.28125, 8), 6);
+        // And agreement with the library rounding over a sweep of coordinates.
+        for i in -2000..=2000 {
+            let v = i as f32 * 0.00047;
+            let x = ((v + 0.75) / 1.5) * 46.0;
+            let want = x.round_ties_even().clamp(0.0, 45.0) as usize;
+            assert_eq!(pixel_of(v, 46), want, "v = {v}");
+        }
+    }
+
+    #[test]
+    fn coordinates_outside_the_extent_clip_to_the_border() {
+        assert_eq!(pixel_of(-3.0, 46), 0);
+        assert_eq!(pixel_of(0.76, 46), 45);
+        assert_eq!(pixel_of(1e30, 46), 45);
+        assert_eq!(pixel_of(f32::NEG_INFINITY, 46), 0);
+        assert_eq!(pixel_of(f32::NAN, 46), 0);
+    }
+
+    #[test]
+    fn boards_project_onto_xy_xz_and_yz() {
+        // One point at pixels x = 0, y = 1, z = 3 and one at x = 2, y = 2, z = 0.
+        let cloud = [
+            [at(0, 4), at(1, 4), at(3, 4)],
+            [at(2, 4), at(2, 4), at(0, 4)],
+        ];
+        let boards = Boards::from_cloud(&cloud, 4);
+        assert_eq!(board_text(&boards, 0), [".#..", "....", "..#.", "...."]);
+        assert_eq!(board_text(&boards, 1), ["...#", "....", "#...", "...."]);
+        assert_eq!(board_text(&boards, 2), ["....", "...#", "#...", "...."]);
+    }
+
+    #[test]
+    fn the_eight_views_follow_numpy_rot90_and_fliplr() {
+        // Board xy with pixels (0, 0), (0, 1) and (2, 3) lit. Worked out by hand from rot90
+        // (counter-clockwise: new[i][j] = old[j][n-1-i]) and fliplr (new[i][j] = old[i][n-1-j]).
+        let cloud = [(0, 0), (0, 1), (2, 3)].map(|(x, y)| [at(x, 4), at(y, 4), at(0, 4)]);
+        let views = Boards::from_cloud(&cloud, 4).views();
+        let expected: [[&str; 4]; 8] = [
+            ["##..", "....", "...#", "...."], // B
+            ["..##", "....", "#...", "...."], // F = fliplr(B)
+            ["..#.", "....", "#...", "#..."], // rot90(B)
+            ["#...", "#...", "....", "..#."], // rot90(F)
+            ["....", "#...", "....", "..##"], // rot90(B, 2)
+            ["....", "...#", "....", "##.."], // rot90(F, 2)
+            ["...#", "...#", "....", ".#.."], // rot90(B, 3)
+            [".#..", "....", "...#", "...#"], // rot90(F, 3)
+        ];
+        for (k, want) in expected.iter().enumerate() {
+            assert_eq!(view_text(&views, k), want, "view {k}");
+        }
+    }
+
+    #[test]
+    fn views_are_projection_major() {
+        // A single point at x = 0, y = 1, z = 3 lights (0, 1) on xy, (0, 3) on xz, (1, 3) on yz:
+        // the first view of each projection is its plain board.
+        let views = Boards::from_cloud(&[[at(0, 4), at(1, 4), at(3, 4)]], 4).views();
+        assert_eq!(view_text(&views, 0), [".#..", "....", "....", "...."]);
+        assert_eq!(view_text(&views, 8), ["...#", "....", "....", "...."]);
+        assert_eq!(view_text(&views, 16), ["....", "...#", "....", "...."]);
+        assert_eq!(ViewKind::of(9).label(), "xz mirrored 0°");
+        assert_eq!(ViewKind::of(22).file_stem(), "yz-plain-270");
+    }
+
+    #[test]
+    fn turning_a_view_four_times_gives_it_back() {
+        // View 2k+2 is view 2k turned once more, so turning view 6 once must give view 0 again.
+        let cloud: Vec<Point> = (0..40)
+            .map(|i| {
+                [
+                    ((i * 7) % 13) as f32 * 0.1 - 0.6,
+                    ((i * 5) % 11) as f32 * 0.1 - 0.5,
+                    0.0,
+                ]
+            })
+            .collect();
+        let views = Boards::from_cloud(&cloud, 46).views();
+        let n = 46;
+        let turn = |img: &[u8]| -> Vec<u8> {
+            // numpy rot90 once: new[i][j] = old[j][n - 1 - i].
+            (0..n * n)
+                .map(|k| img[(k % n) * n + (n - 1 - k / n)])
+                .collect()
+        };
+        for start in [0, 1] {
+            let mut img = views.view(start).to_vec();
+            for step in 1..=4 {
+                img = turn(&img);
+                let next = start + 2 * (step % 4);
+                assert_eq!(img, views.view(next), "turn {step} of view {start}");
+            }
+        }
+    }
+
+    #[test]
+    fn grid_places_cells_five_to_a_row_inside_a_border_of_five() {
+        assert_eq!(grid_side(VIEW_SIZE), 256);
+        assert_eq!(cell_origin(0, 46), (5, 5));
+        assert_eq!(cell_origin(4, 46), (5, 205));
+        assert_eq!(cell_origin(5, 46), (55, 5));
+        assert_eq!(cell_origin(23, 46), (205, 155));
+        // The point at pixel (0, 1) of board xy: view 0 puts it at grid (5, 6); view 1 (cell
+        // origin (5, 55), mirrored: column 44) at (5, 99); view 5 (cell origin (55, 5),
+        // rot90(F, 2): row 45, column 1) at (100, 6).
+        let cloud = [[at(0, 46), at(1, 46), at(20, 46)]];
+        let grid = grid_of(&cloud);
+        assert_eq!(grid.get(5, 6), 1);
+        assert_eq!(grid.get(5, 99), 1);
+        assert_eq!(grid.get(100, 6), 1);
+        assert_eq!(grid.get(5, 5), 0);
+        // The border, the gaps and the empty 25th cell stay dark.
+        let (top, left) = cell_origin(24, 46);
+        for r in 0..256 {
+            for c in 0..256 {
+                let in_border = r < 5 || c < 5 || r >= 251 || c >= 251;
+                let in_last = (top..top + 46).contains(&r) && (left..left + 46).contains(&c);
+                if in_border || in_last {
+                    assert_eq!(grid.get(r, c), 0, "({r}, {c})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn direct_grid_equals_tiled_views() {
+        let cloud: Vec<Point> = (0..500)
+            .map(|i| {
+                let t = i as f32 * 0.37;
+                [t.sin() * 0.6, (t * 1.3).cos() * 0.5, (t * 0.7).sin() * 0.8]
+            })
+            .collect();
+        let boards = Boards::from_cloud(&cloud, 46);
+        assert_eq!(boards.grid(), boards.views().tile());
+    }
+
+    #[test]
+    fn every_view_of_a_cloud_in_range_has_a_lit_pixel() {
+        let cloud = [[0.74, -0.74, 0.1]];
+        let views = Boards::from_cloud(&cloud, 46).views();
+        for index in 0..VIEW_COUNT {
+            assert_eq!(
+                views.view(index).iter().filter(|&&v| v == 1).count(),
+                1,
+                "view {index}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_cloud_gives_a_dark_grid() {
+        assert!(grid_of(&[]).as_slice().iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn batch_grids_equal_one_at_a_time() {
+        let a: Vec<Point> = vec![[0.1, 0.2, 0.3], [-0.5, 0.4, 0.0]];
+        let b: Vec<Point> = vec![[0.7, -0.7, 0.7]];
+        let clouds = [a.as_slice(), b.as_slice()];
+        let mut out = vec![0.5f32; 2 * 256 * 256];
+        write_grids(&clouds, 46, &mut out);
+        for (cloud, block) in clouds.iter().zip(out.chunks(256 * 256)) {
+            let want: Vec<f32> = grid_of(cloud)
+                .as_slice()
+                .iter()
+                .map(|&v| f32::from(v))
+                .collect();
+            assert_eq!(block, want.as_slice());
+        }
+    }
+}
