@@ -92,7 +92,7 @@ fn bench_batch() {
     let area = grid_side(VIEW_SIZE).pow(2);
     let mut out = vec![0.0f32; BATCH * area];
 
-    let serial = common::median_seconds(|| {
+    let serial = common::best_seconds(|| {
         let mut boards = Boards::new(VIEW_SIZE);
         for (cloud, grid) in refs.iter().zip(out.chunks_mut(area)) {
             boards.fill(cloud);
@@ -100,7 +100,7 @@ fn bench_batch() {
         }
         black_box(&out);
     });
-    let parallel = common::median_seconds(|| {
+    let parallel = common::best_seconds(|| {
         write_grids(black_box(&refs), VIEW_SIZE, &mut out);
         black_box(&out);
     });
@@ -119,7 +119,7 @@ fn bench_batch() {
 
 fn main() {
     let cloud = bench_cloud(0);
-    let rust = common::median_seconds(|| {
+    let rust = common::best_seconds(|| {
         black_box(Boards::from_cloud(black_box(&cloud), VIEW_SIZE).grid());
     });
     let boards = Boards::from_cloud(&cloud, VIEW_SIZE);

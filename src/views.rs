@@ -6,8 +6,8 @@
 //! quarter turns. The 24 views are tiled five to a row into the *grid*, a
 //! [`grid_side`]`(S)`-square image (256 for `S = 46`).
 //!
-//! The boards are kept as bit rows, and the views and the grid are written straight from the lit
-//! board pixels, so the cost follows the number of lit pixels rather than the image area.
+//! The boards are kept as rows of bits. The 24 views are then re-indexings of three boards and
+//! their transposes, and the grid is written eight pixels at a time.
 
 use rayon::prelude::*;
 
@@ -129,25 +129,122 @@ pub fn cell_origin(index: usize, size: usize) -> (usize, usize) {
     )
 }
 
-/// The board pixel a coordinate falls in: `round((v + 0.75) / 1.5 * size)` with ties to even,
-/// clipped to `0..size`. NaN maps to 0.
-#[inline]
+/// Adding and subtracting 1.5 * 2^23 rounds any |x| < 2^22 to the nearest integer, ties to
+/// even; after the addition alone, the integer sits in the low bits of the float.
+const ROUND: f32 = 12_582_912.0;
+
+/// The board pixel a coordinate falls in: `round((v + 0.75) / 1.5 * size)` with ties to even
+/// (as numpy rounds), clipped to `0..size`. NaN maps to 0.
+#[inline(always)]
 pub fn pixel_of(v: f32, size: usize) -> usize {
-    // Adding and subtracting 1.5 * 2^23 rounds any |x| < 2^22 to the nearest integer with ties
-    // to even, in plain SSE2 arithmetic (f32::round_ties_even is a library call without SSE4.1).
-    const ROUND: f32 = 12_582_912.0;
     let s = size as f32;
+    // The same operations, in the same order, as the method's formula in f32: the result is
+    // bit-for-bit numpy's on float32 clouds, exact halves included.
     let x = ((v + EXTENT) / (2.0 * EXTENT)) * s;
-    let x = x.max(-1.0).min(s);
-    let rounded = (x + ROUND) - ROUND;
-    rounded.max(0.0).min(s - 1.0) as usize
+    // Comparisons rather than f32::max/min: they compile to plain SIMD min/max (and send NaN to
+    // -1, hence pixel 0).
+    let x = if x > -1.0 { x } else { -1.0 };
+    let x = if x < s { x } else { s };
+    let rounded = (x + ROUND).to_bits() as i32 - ROUND.to_bits() as i32;
+    rounded.clamp(0, size as i32 - 1) as usize
 }
+
+/// Points per block of [`voxel_keys`]: small enough for the keys to stay in L1 cache.
+const BLOCK: usize = 256;
+
+/// The voxel of each point as one key: `x * 64 + y` in the low 16 bits and `z` above them, with
+/// x, y, z the pixels of the three coordinates.
+fn voxel_keys(points: &[Point], keys: &mut [u32], size: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { voxel_keys_avx2(points, keys, size) };
+    }
+    voxel_keys_portable(points, keys, size);
+}
+
+#[inline(always)]
+fn voxel_keys_portable(points: &[Point], keys: &mut [u32], size: usize) {
+    // NOTE: the division in pixel_of is the slow step. Multiplying by S / 1.5 instead agrees
+    // with it except within a few ulps of a half-way point, so keys are computed that way while
+    // watching for such near-ties, and the points are redone exactly if there is one.
+    const NEAR_TIE: f32 = 0.5 - 1.0 / 16384.0;
+    let s = size as f32;
+    let scale = s / (2.0 * EXTENT);
+    let last = size as i32 - 1;
+    let fast = |v: f32| {
+        let x = (v + EXTENT) * scale;
+        let x = if x > -1.0 { x } else { -1.0 };
+        let x = if x < s { x } else { s };
+        let shifted = x + ROUND;
+        // Distance to the rounded value, as bits: for non-negative floats the order of the bits
+        // is the order of the numbers, and an integer maximum vectorises.
+        let distance = (x - (shifted - ROUND)).abs().to_bits();
+        let pixel = (shifted.to_bits() as i32 - ROUND.to_bits() as i32).clamp(0, last) as u32;
+        (pixel, distance)
+    };
+    let mut farthest = 0u32;
+    for (&[x, y, z], key) in points.iter().zip(keys.iter_mut()) {
+        let ((x, dx), (y, dy), (z, dz)) = (fast(x), fast(y), fast(z));
+        farthest = farthest.max(dx).max(dy).max(dz);
+        *key = (x * MAX_VIEW_SIZE as u32 + y) | z << 16;
+    }
+    if farthest > NEAR_TIE.to_bits() {
+        for (&[x, y, z], key) in points.iter().zip(keys.iter_mut()) {
+            let [x, y, z] = [x, y, z].map(|v| pixel_of(v, size) as u32);
+            *key = (x * MAX_VIEW_SIZE as u32 + y) | z << 16;
+        }
+    }
+}
+
+/// The same loop compiled for AVX2: twice the lanes of the x86-64 baseline.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn voxel_keys_avx2(points: &[Point], keys: &mut [u32], size: usize) {
+    voxel_keys_portable(points, keys, size);
+}
+
+/// Rows of up to 64 one-bit pixels, bit `c` of row `r` being pixel (r, c).
+type BitRows = [u64; MAX_VIEW_SIZE];
+
+/// Transposes a 64 x 64 bit matrix in place: bit `c` of row `r` becomes bit `r` of row `c`.
+/// Swaps ever smaller off-diagonal blocks: 32 x 32, then 16 x 16 within each, down to 1 x 1.
+fn transpose(rows: &mut BitRows) {
+    let mut width = 32;
+    let mut mask: u64 = 0x0000_0000_ffff_ffff;
+    while width != 0 {
+        let mut k = 0;
+        while k < 64 {
+            let t = ((rows[k] >> width) ^ rows[k + width]) & mask;
+            rows[k + width] ^= t;
+            rows[k] ^= t << width;
+            k = (k + width + 1) & !width;
+        }
+        width >>= 1;
+        mask ^= mask << width;
+    }
+}
+
+/// Byte `i` of `EXPAND[b]` is bit `i` of `b`: eight pixels from bits to bytes in one look-up.
+static EXPAND: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 8 {
+            table[b] |= ((b as u64 >> i) & 1) << (8 * i);
+            i += 1;
+        }
+        b += 1;
+    }
+    table
+};
 
 /// The three binary boards of a cloud, one bit per pixel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Boards {
     size: usize,
-    rows: [[u64; MAX_VIEW_SIZE]; 3],
+    rows: [BitRows; 3],
 }
 
 impl Boards {
@@ -176,16 +273,46 @@ impl Boards {
 
     /// Clears the boards and lights the pixels of `cloud`.
     pub fn fill(&mut self, cloud: &[Point]) {
-        self.rows = [[0; MAX_VIEW_SIZE]; 3];
-        for &[x, y, z] in cloud {
-            let (x, y, z) = (
-                pixel_of(x, self.size),
-                pixel_of(y, self.size),
-                pixel_of(z, self.size),
-            );
-            self.rows[0][x] |= 1 << y;
-            self.rows[1][x] |= 1 << z;
-            self.rows[2][y] |= 1 << z;
+        // Each point lights one voxel of an S x S x S occupancy volume, kept as one u64 of z bits
+        // per (x, y) (at x * 64 + y whatever the size): one memory update per point instead of
+        // one per board, and the three boards are then cheap reductions of the volume.
+        let s = self.size;
+        let mut volume = [0u64; MAX_VIEW_SIZE * MAX_VIEW_SIZE];
+        let mut keys = [0u32; BLOCK];
+        for block in cloud.chunks(BLOCK) {
+            let keys = &mut keys[..block.len()];
+            voxel_keys(block, keys, s);
+            // NOTE: neighbouring points usually share a voxel, and updating one word over and
+            // over waits on each previous update. Four interleaved streams from far-apart parts
+            // of the block keep four independent chains of updates in flight instead of one.
+            let quarter = keys.len() / 4;
+            let (streams, rest) = keys.split_at(4 * quarter);
+            let (ab, cd) = streams.split_at(2 * quarter);
+            let ((a, b), (c, d)) = (ab.split_at(quarter), cd.split_at(quarter));
+            let mut light = |key: u32| volume[key as usize & 0xfff] |= 1 << (key >> 16 & 63);
+            for (((&a, &b), &c), &d) in a.iter().zip(b).zip(c).zip(d) {
+                light(a);
+                light(b);
+                light(c);
+                light(d);
+            }
+            rest.iter().for_each(|&key| light(key));
+        }
+
+        let [xy, xz, yz] = &mut self.rows;
+        *xy = [0; MAX_VIEW_SIZE];
+        *xz = [0; MAX_VIEW_SIZE];
+        *yz = [0; MAX_VIEW_SIZE];
+        for (x, column) in volume.chunks_exact(MAX_VIEW_SIZE).take(s).enumerate() {
+            let column = &column[..s];
+            xy[x] = column
+                .iter()
+                .enumerate()
+                .fold(0, |bits, (y, &zs)| bits | u64::from(zs != 0) << y);
+            xz[x] = column.iter().fold(0, |bits, &zs| bits | zs);
+            for (bits, &zs) in yz.iter_mut().zip(column) {
+                *bits |= zs;
+            }
         }
     }
 
@@ -207,36 +334,41 @@ impl Boards {
             .sum()
     }
 
-    /// Calls `emit(view, row, col)` for every lit pixel of every view.
-    #[inline]
-    fn for_each_lit_view_pixel(&self, mut emit: impl FnMut(usize, usize, usize)) {
-        let last = self.size - 1;
-        for (projection, rows) in self.rows.iter().enumerate() {
-            let first_view = 8 * projection;
-            for (r, &bits) in rows[..self.size].iter().enumerate() {
-                let mut bits = bits;
-                while bits != 0 {
-                    let c = bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    let (rr, cc) = (last - r, last - c);
-                    // Where pixel (r, c) of the board lands in each of its eight views, in view
-                    // order: turn k of the plain board, then turn k of the mirrored board.
-                    let places = [
-                        (r, c),
-                        (r, cc),
-                        (cc, r),
-                        (c, r),
-                        (rr, cc),
-                        (rr, c),
-                        (c, rr),
-                        (cc, rr),
-                    ];
-                    for (k, (row, col)) in places.into_iter().enumerate() {
-                        emit(first_view + k, row, col);
-                    }
-                }
+    /// Calls `visit(view, row, bits)` for every row of every view.
+    ///
+    /// With `B` a board, `F` its mirror image and `T` its transpose, turning is re-indexing:
+    /// pixel (r, c) of `B` lands at (c', r) after one counter-clockwise turn (c' = S-1-c), which
+    /// is row c' of `T`; likewise for the other seven views.
+    #[inline(always)]
+    fn for_each_view_row(&self, mut visit: impl FnMut(usize, usize, u64)) {
+        let s = self.size;
+        let mirror = |row: u64| row.reverse_bits() >> (64 - s);
+        for (board, b) in self.rows.iter().enumerate() {
+            let mut t = *b;
+            transpose(&mut t);
+            let first = 8 * board;
+            for i in 0..s {
+                let j = s - 1 - i;
+                visit(first, i, b[i]); // B
+                visit(first + 1, i, mirror(b[i])); // F
+                visit(first + 2, i, t[j]); // rot90(B)
+                visit(first + 3, i, t[i]); // rot90(F)
+                visit(first + 4, i, mirror(b[j])); // rot90(B, 2)
+                visit(first + 5, i, b[j]); // rot90(F, 2)
+                visit(first + 6, i, mirror(t[i])); // rot90(B, 3)
+                visit(first + 7, i, mirror(t[j])); // rot90(F, 3)
             }
         }
+    }
+
+    /// Calls `emit(view, row, col)` for every lit pixel of every view.
+    fn for_each_lit_view_pixel(&self, mut emit: impl FnMut(usize, usize, usize)) {
+        self.for_each_view_row(|view, row, mut bits| {
+            while bits != 0 {
+                emit(view, row, bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        });
     }
 
     /// The 24 views as images.
@@ -267,12 +399,42 @@ impl Boards {
         self.for_each_lit_view_pixel(|view, row, col| out[view * area + row * size + col] = on);
     }
 
-    /// The grid image.
+    /// The grid image, with 1 where lit and 0 elsewhere.
     pub fn grid(&self) -> Grid {
         let side = grid_side(self.size);
         let mut pixels = vec![0u8; side * side];
-        self.write_grid(&mut pixels, 1);
+        self.write_grid_bytes(&mut pixels);
         Grid { side, pixels }
+    }
+
+    /// Writes the grid as bytes into a zeroed `out`, eight pixels per look-up and store.
+    fn write_grid_bytes(&self, out: &mut [u8]) {
+        let (s, side) = (self.size, grid_side(self.size));
+        let chunks = s.div_ceil(8);
+        // Whole 8-byte stores run past the end of a view row by up to 7 zero bytes. That is
+        // harmless when they land in the gap before the next cell (or the border); otherwise
+        // write exactly the row's own pixels.
+        let overshoot_fits = 8 * chunks - s <= CELL_GAP;
+        let origins: [usize; VIEW_COUNT] = std::array::from_fn(|view| {
+            let (top, left) = cell_origin(view, s);
+            top * side + left
+        });
+        self.for_each_view_row(|view, r, bits| {
+            if bits == 0 {
+                return;
+            }
+            let start = origins[view] + r * side;
+            if overshoot_fits {
+                let line = &mut out[start..start + 8 * chunks];
+                for (k, bytes) in line.chunks_exact_mut(8).enumerate() {
+                    bytes.copy_from_slice(&EXPAND[(bits >> (8 * k)) as usize & 0xff].to_le_bytes());
+                }
+            } else {
+                for (c, pixel) in out[start..start + s].iter_mut().enumerate() {
+                    *pixel = (bits >> c & 1) as u8;
+                }
+            }
+        });
     }
 
     /// Writes the grid, row-major, into `out` (`grid_side(size)²` values): `on` where lit,
@@ -423,6 +585,38 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        let mut rows = [0u64; 64];
+        for (r, row) in rows.iter_mut().enumerate() {
+            *row = (r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (1 << (r * 7 % 64));
+        }
+        let mut t = rows;
+        transpose(&mut t);
+        for (r, row) in rows.iter().enumerate() {
+            for (c, column) in t.iter().enumerate() {
+                assert_eq!(column >> r & 1, row >> c & 1, "({r}, {c})");
+            }
+        }
+    }
+
+    #[test]
+    fn voxel_keys_agree_with_pixel_of_near_ties_included() {
+        // Coordinates swept finely enough to pass within an ulp of many half-way points.
+        let points: Vec<Point> = (0..3000)
+            .map(|i| {
+                let v = -0.8 + i as f32 * 0.000_533;
+                [v, -v, (i as f32 * 0.618).sin() * 0.9]
+            })
+            .collect();
+        let mut keys = vec![0u32; points.len()];
+        voxel_keys(&points, &mut keys, 46);
+        for (p, key) in points.iter().zip(&keys) {
+            let [x, y, z] = p.map(|v| pixel_of(v, 46) as u32);
+            assert_eq!(*key, (x * 64 + y) | z << 16, "{p:?}");
+        }
     }
 
     #[test]
