@@ -130,54 +130,19 @@ impl CloudSet {
             .map(|(path, with_labels)| read_labels(path, with_labels))
             .transpose()?;
         let file = CloudFile::open(h5_path)?;
-        let mut skip = |id: String, problem: SampleProblem| {
-            let skipped = SkippedSample {
-                path: h5_path.to_owned(),
-                id,
-                problem,
-            };
-            if options.strict {
-                return Err(DataError::Sample(skipped));
-            }
-            tracing::debug!("skipping {}: {skipped}", h5_path.display());
-            report.skipped.push(skipped);
-            Ok(())
+        let mut skipper = Skipper {
+            path: h5_path,
+            strict: options.strict,
+            report,
         };
+        let csv_name = csv
+            .and_then(|(path, _)| path.file_name())
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
 
-        let mut present = HashSet::new();
-        for name in file.member_names(h5_path)? {
-            match parse_id(&name) {
-                Some(id) => {
-                    present.insert(id);
-                }
-                None => skip(
-                    name.clone(),
-                    SampleProblem::NotASample(format!("{name:?} is not a decimal ID")),
-                )?,
-            }
-        }
-
-        let csv_name = || {
-            let path = csv.map(|(p, _)| p).unwrap_or(Path::new(""));
-            path.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned()
-        };
-        let order: Vec<(u32, Option<u8>)> = match &rows {
-            Some(rows) => {
-                let listed: HashSet<u32> = rows.iter().map(|r| r.id).collect();
-                let mut unlisted: Vec<u32> = present
-                    .iter()
-                    .copied()
-                    .filter(|id| !listed.contains(id))
-                    .collect();
-                unlisted.sort_unstable();
-                for id in unlisted {
-                    skip(id.to_string(), SampleProblem::NotListed { csv: csv_name() })?;
-                }
-                rows.iter().map(|r| (r.id, r.label)).collect()
-            }
+        let present = present_ids(&file, h5_path, &mut skipper)?;
+        let order = match &rows {
+            Some(rows) => listed_order(rows, &present, &csv_name, &mut skipper)?,
             None => {
                 let mut ids: Vec<u32> = present.iter().copied().collect();
                 ids.sort_unstable();
@@ -198,20 +163,16 @@ impl CloudSet {
         };
         set.offsets.push(0);
         for (id, label) in order {
-            if !present.contains(&id) {
-                skip(id.to_string(), SampleProblem::NoCloud { csv: csv_name() })?;
-                continue;
-            }
             match file.read_cloud(h5_path, &id.to_string(), &mut set.points)? {
                 Ok(()) => set.push_loaded(id, label),
-                Err(problem) => skip(id.to_string(), problem)?,
+                Err(problem) => skipper.skip(id.to_string(), problem)?,
             }
         }
 
         if set.ids.is_empty() {
             return Err(DataError::NoSamples {
                 path: h5_path.to_owned(),
-                skipped: report.skipped.len(),
+                skipped: skipper.report.skipped.len(),
             });
         }
         // NOTE: the points grew by doubling; give back the unused tail (a cheap remap for an
@@ -317,6 +278,91 @@ impl CloudSet {
     pub fn points(&self) -> &[Point] {
         &self.points
     }
+}
+
+/// Where skipped samples go: into the report, or (in strict mode) out as the error that stops
+/// loading.
+struct Skipper<'a> {
+    path: &'a Path,
+    strict: bool,
+    report: &'a mut LoadReport,
+}
+
+impl Skipper<'_> {
+    fn skip(&mut self, id: String, problem: SampleProblem) -> Result<(), DataError> {
+        let skipped = SkippedSample {
+            path: self.path.to_owned(),
+            id,
+            problem,
+        };
+        if self.strict {
+            return Err(DataError::Sample(skipped));
+        }
+        tracing::debug!("skipping {}: {skipped}", self.path.display());
+        self.report.skipped.push(skipped);
+        Ok(())
+    }
+}
+
+/// The sample IDs among the file's members; members that are not samples are skipped.
+fn present_ids(
+    file: &CloudFile,
+    path: &Path,
+    skipper: &mut Skipper,
+) -> Result<HashSet<u32>, DataError> {
+    let mut present = HashSet::new();
+    for name in file.member_names(path)? {
+        match parse_id(&name) {
+            Some(id) => {
+                present.insert(id);
+            }
+            None => {
+                let problem = SampleProblem::NotASample(format!("{name:?} is not a decimal ID"));
+                skipper.skip(name, problem)?;
+            }
+        }
+    }
+    Ok(present)
+}
+
+/// The samples to read, in the CSV's order, with their labels. Clouds the CSV does not list and
+/// rows without a cloud are skipped.
+fn listed_order(
+    rows: &[LabelRow],
+    present: &HashSet<u32>,
+    csv_name: &str,
+    skipper: &mut Skipper,
+) -> Result<Vec<(u32, Option<u8>)>, DataError> {
+    let listed: HashSet<u32> = rows.iter().map(|r| r.id).collect();
+    let mut unlisted: Vec<u32> = present
+        .iter()
+        .copied()
+        .filter(|id| !listed.contains(id))
+        .collect();
+    unlisted.sort_unstable();
+    for id in unlisted {
+        skipper.skip(
+            id.to_string(),
+            SampleProblem::NotListed {
+                csv: csv_name.to_owned(),
+            },
+        )?;
+    }
+
+    let mut order = Vec::with_capacity(rows.len());
+    for row in rows {
+        if present.contains(&row.id) {
+            order.push((row.id, row.label));
+        } else {
+            skipper.skip(
+                row.id.to_string(),
+                SampleProblem::NoCloud {
+                    csv: csv_name.to_owned(),
+                },
+            )?;
+        }
+    }
+    Ok(order)
 }
 
 /// A dataset folder (or a single HDF5 file) loaded into memory.
