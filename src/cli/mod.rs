@@ -1,16 +1,24 @@
 //! Command-line arguments and the commands they run.
 
+mod eval;
 mod info;
 mod lift;
+mod model;
+mod predict;
+mod train;
 mod views;
 
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use clap::{Parser, Subcommand};
 use digit3d::dataset::LoadReport;
+use indicatif::{MultiProgress, ProgressBar};
 
 /// Classify handwritten digits given as 3D point clouds, and see why a model gets them right or
-/// wrong. Without a command, opens the desktop program on the bundled sample in data/.
+/// wrong. Without a command, opens the desktop program on the bundled sample in data/ (for now,
+/// summarises it).
 #[derive(Debug, Parser)]
 #[command(name = "digit3d", version, about, long_about = None)]
 pub struct Cli {
@@ -26,6 +34,46 @@ enum Command {
     Views(views::Args),
     /// Make a dataset in the Dacon layout from 2D digit images.
     Lift(lift::Args),
+    /// Train a model, writing checkpoints and metrics into a run folder.
+    Train(train::Args),
+    /// Score a checkpoint: accuracy, per-class accuracy, confusion matrix.
+    Eval(eval::Args),
+    /// Predict a test set to a submission CSV.
+    Predict(predict::Args),
+    /// Show a model's layers and parameter counts.
+    Model(model::Args),
+}
+
+/// The progress bars on standard error; log lines are printed above them.
+static PROGRESS: LazyLock<MultiProgress> = LazyLock::new(MultiProgress::new);
+
+/// Shows `bar` under the log lines.
+pub fn progress_bar(bar: ProgressBar) -> ProgressBar {
+    PROGRESS.add(bar)
+}
+
+/// A log line, written to standard error in one piece with the progress bars moved out of its
+/// way.
+struct LogLine(Vec<u8>);
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        let line = std::mem::take(&mut self.0);
+        PROGRESS.suspend(|| {
+            let _ = io::stderr().write_all(&line);
+        });
+    }
 }
 
 /// Sends `tracing` logs to standard error; `DIGIT3D_LOG` (for example `debug`) sets the level.
@@ -36,7 +84,8 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_target(false)
         .without_time()
-        .with_writer(std::io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .with_writer(|| LogLine(Vec::new()))
         .init();
 }
 
@@ -46,11 +95,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Info(args)) => info::run(args),
         Some(Command::Views(args)) => views::run(args),
         Some(Command::Lift(args)) => lift::run(args),
+        Some(Command::Train(args)) => train::run(args),
+        Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Predict(args)) => predict::run(args),
+        Some(Command::Model(args)) => model::run(args),
         None => open_desktop(&bundled_data()),
     }
 }
 
 /// Until the desktop program is part of the build, says what it would open.
+// LIMITATION: the desktop program is not built yet; this prints what it would show instead.
 fn open_desktop(data: &Path) -> anyhow::Result<()> {
     println!(
         "digit3d would open the desktop program on {}; it is not part of this build yet.",

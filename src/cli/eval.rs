@@ -1,0 +1,127 @@
+//! `digit3d eval`: accuracy, per-class accuracy and the confusion matrix of a checkpoint.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use digit3d::dataset::{CloudSet, Dataset, LoadOptions, LoadReport, Role, TEST_H5};
+use digit3d::train::DeviceChoice;
+use digit3d::train::checkpoint::Checkpoint;
+use digit3d::train::data::stratified_split;
+use digit3d::train::eval::{Confusion, evaluate};
+
+use super::predict::tta_passes;
+
+/// Arguments of `digit3d eval`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The checkpoint.
+    #[arg(long, value_name = "CKPT")]
+    pub checkpoint: PathBuf,
+    /// The dataset folder. Without --labels, the checkpoint's validation split of its
+    /// training clouds is scored (the same seed and fraction give the same split).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Score the folder's test.h5 against these labels (an ID,label CSV) instead.
+    #[arg(long, value_name = "CSV")]
+    pub labels: Option<PathBuf>,
+    /// Average the cosines over K rotations (the first none, the rest drawn as in training).
+    #[arg(long, default_value_t = 1)]
+    pub tta: usize,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let checkpoint = Checkpoint::read(&args.checkpoint)?;
+    let device = args.device.device().map_err(anyhow::Error::msg)?;
+    let model = checkpoint.model(&device)?;
+    let config = &checkpoint.meta.train;
+
+    let (set, indices, what) = match &args.labels {
+        Some(labels) => {
+            let h5 = if args.data.is_dir() {
+                args.data.join(TEST_H5)
+            } else {
+                args.data.clone()
+            };
+            let mut report = LoadReport::default();
+            let set = CloudSet::load(
+                Role::Test,
+                &h5,
+                Some((labels, true)),
+                LoadOptions::default(),
+                &mut report,
+            )?;
+            super::warn_skipped(&report);
+            let all: Vec<usize> = (0..set.len()).collect();
+            (
+                set,
+                all,
+                format!("{} against {}", h5.display(), labels.display()),
+            )
+        }
+        None => {
+            let (dataset, report) = Dataset::open(&args.data, LoadOptions::default())
+                .with_context(|| format!("cannot load {}", args.data.display()))?;
+            super::warn_skipped(&report);
+            let set = dataset
+                .train
+                .with_context(|| format!("{}: no train.h5", args.data.display()))?;
+            let labels = set
+                .labels()
+                .with_context(|| format!("{}: no train.csv labels", args.data.display()))?;
+            let (_, val) = stratified_split(labels, config.val_fraction, config.seed);
+            anyhow::ensure!(
+                !val.is_empty(),
+                "the checkpoint's validation split of this set is empty"
+            );
+            (
+                set,
+                val,
+                format!(
+                    "the validation split ({:.0}% of each class, seed {})",
+                    100.0 * config.val_fraction,
+                    config.seed
+                ),
+            )
+        }
+    };
+
+    let set = Arc::new(set);
+    let passes = tta_passes(args.tta, config.augment, config.seed);
+    let evaluation = evaluate(&model, &set, &indices, args.batch, &passes, None, &device)?;
+    let confusion = evaluation
+        .confusion
+        .context("the samples have no labels to score against")?;
+    println!("{} samples of {what}", indices.len());
+    print_confusion(&confusion);
+    Ok(())
+}
+
+/// Accuracy, per-class accuracy and the matrix (rows: true digit, columns: predicted).
+pub fn print_confusion(confusion: &Confusion) {
+    println!("accuracy {:.4}", confusion.accuracy());
+    let per_class: Vec<String> = confusion
+        .per_class()
+        .iter()
+        .enumerate()
+        .map(|(d, a)| format!("{d}: {}", a.map_or("-".into(), |a| format!("{a:.3}"))))
+        .collect();
+    println!("per class {}", per_class.join("  "));
+    println!("\ntrue \\ predicted");
+    println!(
+        "      {}",
+        (0..10).map(|d| format!("{d:>6}")).collect::<String>()
+    );
+    for (truth, row) in confusion.counts.iter().enumerate() {
+        println!(
+            "{truth:>5} {}",
+            row.iter().map(|n| format!("{n:>6}")).collect::<String>()
+        );
+    }
+}

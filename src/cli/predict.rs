@@ -1,0 +1,108 @@
+//! `digit3d predict`: a submission CSV for a test set, from one checkpoint or the average of
+//! several.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use digit3d::dataset::{Dataset, LoadOptions, write_labels};
+use digit3d::nn::head::CLASSES;
+use digit3d::rotation::RotationDistribution;
+use digit3d::train::DeviceChoice;
+use digit3d::train::checkpoint::Checkpoint;
+use digit3d::train::data::Augment;
+use digit3d::train::eval::{argmax, evaluate};
+
+/// Arguments of `digit3d predict`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The checkpoint; repeat it to average the cosines of several models.
+    #[arg(long, value_name = "CKPT", required = true)]
+    pub checkpoint: Vec<PathBuf>,
+    /// The clouds: test.h5 (ordered by sample_submission.csv beside it, if present) or a
+    /// dataset folder holding it.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The submission to write: ID,label rows.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Average the cosines over K rotations (the first none, the rest drawn as in training).
+    #[arg(long, default_value_t = 1)]
+    pub tta: usize,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+/// The rotations of `k` test-time passes: none, then `k - 1` drawn from `distribution`.
+pub fn tta_passes(k: usize, distribution: RotationDistribution, seed: u64) -> Vec<Augment> {
+    // Pass numbers far from any training epoch keep test-time draws apart from training ones.
+    const FIRST_PASS: usize = 1 << 20;
+    std::iter::once(Augment::None)
+        .chain((1..k.max(1)).map(|pass| Augment::Random {
+            distribution,
+            seed,
+            epoch: FIRST_PASS + pass,
+        }))
+        .collect()
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.tta >= 1, "--tta must be at least 1");
+    let device = args.device.device().map_err(anyhow::Error::msg)?;
+    let checkpoints = args
+        .checkpoint
+        .iter()
+        .map(|p| Checkpoint::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let models = checkpoints
+        .iter()
+        .map(|c| c.model(&device))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let (dataset, report) = Dataset::open(&args.input, LoadOptions::default())
+        .with_context(|| format!("cannot load {}", args.input.display()))?;
+    super::warn_skipped(&report);
+    let set = dataset
+        .test
+        .or(dataset.train)
+        .context("no clouds to predict")?;
+    let set = Arc::new(set);
+    let indices: Vec<usize> = (0..set.len()).collect();
+
+    let started = Instant::now();
+    let mut sums = vec![[0f32; CLASSES]; set.len()];
+    for (checkpoint, model) in checkpoints.iter().zip(&models) {
+        let train = &checkpoint.meta.train;
+        let passes = tta_passes(args.tta, train.augment, train.seed);
+        let evaluation = evaluate(model, &set, &indices, args.batch, &passes, None, &device)?;
+        for (sum, cosines) in sums.iter_mut().zip(&evaluation.cosines) {
+            for (s, c) in sum.iter_mut().zip(cosines) {
+                *s += c;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    let rows: Vec<(u32, u8)> = set
+        .ids()
+        .iter()
+        .zip(&sums)
+        .map(|(&id, s)| (id, argmax(s)))
+        .collect();
+    write_labels(&args.out, rows)?;
+    let passes = args.tta * models.len();
+    tracing::info!(
+        "wrote {} predictions to {} ({} model(s) x {} pass(es)) in {seconds:.1} s: {:.0} clouds/s",
+        set.len(),
+        args.out.display(),
+        models.len(),
+        args.tta,
+        (set.len() * passes) as f64 / seconds
+    );
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! `digit3d train`: a training run with progress bars, checkpoints and a metrics file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use digit3d::dataset::{Dataset, LoadOptions};
+use digit3d::nn::curricular::TRule;
+use digit3d::nn::model::{Architecture, InputForm};
+use digit3d::rotation::RotationDistribution;
+use digit3d::train::checkpoint::Checkpoint;
+use digit3d::train::{DeviceChoice, Event, Reason, TrainConfig, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Arguments of `digit3d train`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The dataset folder (train.h5 and train.csv).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write best/last checkpoints and metrics.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Which model.
+    #[arg(long, value_enum, default_value = "compact")]
+    pub model: Architecture,
+    /// The model's input (default: grid for xception, views for compact).
+    #[arg(long, value_enum)]
+    pub input: Option<InputForm>,
+    /// Epochs in all; the learning-rate schedule spans them.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Stop after this many minutes, then evaluate and save.
+    #[arg(long, value_name = "MINUTES")]
+    pub time_limit: Option<f64>,
+    /// Samples per batch (default: 64 for compact, 16 for xception).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Peak learning rate (default: 3e-3 for compact, 1e-3 for xception).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Where to train.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Share of each class held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Training rotations: none, uniform, pi-over-k or pi-over-k:N.
+    #[arg(long, default_value = "pi-over-k:32")]
+    pub augment: RotationDistribution,
+    /// CurricularFace's t rule.
+    #[arg(long, value_enum, default_value = "reference")]
+    pub t_rule: TRule,
+    /// Continue the run of this checkpoint (normally RUN_DIR/last.safetensors).
+    #[arg(long, value_name = "CKPT")]
+    pub resume: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = TrainConfig::new(args.model);
+    if let Some(input) = args.input {
+        config.model.input = input;
+    }
+    config.epochs = args.epochs;
+    config.time_limit_minutes = args.time_limit;
+    config.batch = args.batch.unwrap_or(config.batch);
+    config.lr = args.lr.unwrap_or(config.lr);
+    config.device = args.device;
+    config.val_fraction = args.val_fraction;
+    config.seed = args.seed;
+    config.augment = args.augment;
+    config.curricular.rule = args.t_rule;
+
+    let resume = args.resume.as_deref().map(Checkpoint::read).transpose()?;
+    let (dataset, report) = Dataset::open(&args.data, LoadOptions::default())
+        .with_context(|| format!("cannot load {}", args.data.display()))?;
+    super::warn_skipped(&report);
+    let set = dataset
+        .train
+        .with_context(|| format!("{}: no train.h5 to train on", args.data.display()))?;
+    let trainer = Trainer::new(
+        config,
+        Arc::new(set),
+        Some(args.out.clone()),
+        resume.as_ref(),
+    )?;
+    let handle = trainer.spawn();
+
+    let bar = super::progress_bar(ProgressBar::new(0));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    while let Some(event) = handle.next_event() {
+        match event {
+            Event::Started {
+                train,
+                val,
+                batches,
+                position,
+                ..
+            } => {
+                tracing::info!(
+                    "training on {train} clouds, validating on {val}; {batches} batches per epoch"
+                );
+                bar.set_length(batches as u64);
+                bar.set_position(position.batch as u64);
+            }
+            Event::Step(s) => {
+                bar.set_prefix(format!("epoch {}", s.epoch));
+                bar.set_position(s.batch as u64);
+                bar.set_message(format!(
+                    "loss {:.3} acc {:.3} t {:.3} lr {:.1e} {:.0} samples/s",
+                    s.loss, s.accuracy, s.t, s.lr, s.samples_per_sec
+                ));
+            }
+            Event::Epoch(_) => bar.reset_eta(),
+            Event::Saved(path) => tracing::debug!("wrote {}", path.display()),
+            Event::Paused | Event::Resumed => {}
+            Event::Finished {
+                reason,
+                best_val_accuracy,
+            } => {
+                bar.finish_and_clear();
+                let why = match reason {
+                    Reason::Completed => "all epochs done",
+                    Reason::TimeLimit => "time limit reached",
+                    Reason::Stopped => "stopped",
+                };
+                let best = best_val_accuracy.map_or("none".into(), |a| format!("{a:.4}"));
+                tracing::info!(
+                    "finished ({why}); best validation accuracy {best}; wrote {}",
+                    args.out.display()
+                );
+            }
+            Event::Failed(e) => {
+                bar.finish_and_clear();
+                anyhow::bail!("training failed: {e}");
+            }
+        }
+    }
+    handle.join();
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! A small backbone for CPUs: a dense stem, then stages of separable convolutions that halve the
+//! resolution, to a 256-wide embedding.
+
+use candle_core::{Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::layers::{Builder, Conv, Normalised, Phase, SeparableConv, global_average_pool};
+use super::pool::{max_pool_same, max_pool_same_shape};
+
+/// The widths of the compact backbone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactConfig {
+    /// Channels after the stem.
+    pub stem: usize,
+    /// Channels of each stage; each stage ends with a 2x max pool.
+    pub stages: Vec<usize>,
+    /// Separable convolutions per stage.
+    pub depth: usize,
+}
+
+impl Default for CompactConfig {
+    /// A stem of 64 and three stages of 96, 192 and 256 channels, two convolutions each.
+    fn default() -> Self {
+        CompactConfig {
+            stem: 64,
+            stages: vec![96, 192, 256],
+            depth: 2,
+        }
+    }
+}
+
+/// The compact backbone.
+#[derive(Debug)]
+pub struct Compact {
+    stem: Normalised<Conv>,
+    stem_pool: bool,
+    stages: Vec<Vec<Normalised<SeparableConv>>>,
+    width: usize,
+}
+
+impl Compact {
+    /// Builds the backbone for inputs of shape `input` (`[C, H, W]`). Large inputs (the
+    /// 256 x 256 grid) get a strided stem and a pool before the stages, so both input forms
+    /// reach the stages at about the same resolution.
+    pub fn new(b: &mut Builder, input: [usize; 3], config: &CompactConfig) -> Result<Self> {
+        let large = input[1] > 128;
+        let (conv, mut shape) = if large {
+            Conv::new(b, "stem_conv", input, config.stem, 3, 2, 1)?
+        } else {
+            Conv::new(b, "stem_conv", input, config.stem, 3, 1, 1)?
+        };
+        let stem = Normalised::new(b, "stem_conv", conv, shape)?;
+        if large {
+            shape = max_pool_same_shape(shape, 2);
+            b.row("stem_pool", "MaxPooling2D", shape.to_vec(), 0);
+        }
+
+        let mut stages = Vec::new();
+        for (s, &width) in config.stages.iter().enumerate() {
+            let mut convs = Vec::new();
+            for k in 0..config.depth {
+                let name = format!("stage{}_sepconv{}", s + 1, k + 1);
+                let (conv, next) = SeparableConv::new(b, &name, shape, width, 3)?;
+                convs.push(Normalised::new(b, &name, conv, next)?);
+                shape = next;
+            }
+            shape = max_pool_same_shape(shape, 2);
+            b.row(
+                &format!("stage{}_pool", s + 1),
+                "MaxPooling2D",
+                shape.to_vec(),
+                0,
+            );
+            stages.push(convs);
+        }
+        b.row("avg_pool", "GlobalAveragePooling2D", vec![shape[0]], 0);
+        Ok(Compact {
+            stem,
+            stem_pool: large,
+            stages,
+            width: shape[0],
+        })
+    }
+
+    /// The width of the embedding.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The embedding of a batch `[N, C, H, W]`.
+    pub fn forward(&self, x: &Tensor, phase: Phase) -> Result<Tensor> {
+        let mut x = self.stem.forward(x, phase)?.relu()?;
+        if self.stem_pool {
+            x = max_pool_same(&x, 3, 2)?;
+        }
+        for stage in &self.stages {
+            for conv in stage {
+                x = conv.forward(&x, phase)?.relu()?;
+            }
+            x = max_pool_same(&x, 3, 2)?;
+        }
+        global_average_pool(&x)
+    }
+}

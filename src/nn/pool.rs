@@ -1,0 +1,252 @@
+//! Max pooling with Keras' 'same' padding (the output is `ceil(size / stride)` and windows that
+//! hang over the edge see only real pixels), with a backward pass for any window and stride:
+//! candle's own max pool differentiates only when the window equals the stride.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// `[N, C, H, W]` max-pooled over `k x k` windows every `stride` pixels, 'same' padding.
+pub fn max_pool_same(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let pool = Pool::new(h, w, k, stride);
+    if x.device().is_cpu() {
+        return x.contiguous()?.apply_op1(pool);
+    }
+    pool.by_tensor_ops(x)
+}
+
+/// The output shape of [`max_pool_same`] for one sample `[C, H, W]`.
+pub fn max_pool_same_shape(input: [usize; 3], stride: usize) -> [usize; 3] {
+    [
+        input[0],
+        input[1].div_ceil(stride),
+        input[2].div_ceil(stride),
+    ]
+}
+
+/// The geometry of one pooling.
+#[derive(Clone, Copy, Debug)]
+struct Pool {
+    k: usize,
+    stride: usize,
+    top: usize,
+    left: usize,
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Pool {
+    fn new(h: usize, w: usize, k: usize, stride: usize) -> Self {
+        // 'same': the padding that makes the output ceil(size / stride), split with the extra
+        // pixel (if any) after.
+        let before =
+            |size: usize| (((size.div_ceil(stride) - 1) * stride + k).saturating_sub(size)) / 2;
+        Pool {
+            k,
+            stride,
+            top: before(h),
+            left: before(w),
+            h,
+            w,
+            out_h: h.div_ceil(stride),
+            out_w: w.div_ceil(stride),
+        }
+    }
+
+    /// The input rows (or columns) a window starting at output index `o` covers.
+    fn span(&self, o: usize, pad: usize, size: usize) -> std::ops::Range<usize> {
+        let start = (o * self.stride).saturating_sub(pad);
+        let end = (o * self.stride + self.k).saturating_sub(pad).min(size);
+        start..end
+    }
+
+    /// The position of the largest input of each output pixel of one plane (the first, in
+    /// reading order, among equals).
+    fn argmax_plane(&self, plane: &[f32], mut visit: impl FnMut(usize, usize)) {
+        for oy in 0..self.out_h {
+            let rows = self.span(oy, self.top, self.h);
+            for ox in 0..self.out_w {
+                let cols = self.span(ox, self.left, self.w);
+                let mut best = rows.start * self.w + cols.start;
+                for y in rows.clone() {
+                    for x in cols.clone() {
+                        if plane[y * self.w + x] > plane[best] {
+                            best = y * self.w + x;
+                        }
+                    }
+                }
+                visit(oy * self.out_w + ox, best);
+            }
+        }
+    }
+
+    /// The same pooling from candle's own operations, for devices without the custom kernel:
+    /// the maximum over the k² shifted, strided copies of the padded input.
+    fn by_tensor_ops(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, _, _) = x.dims4()?;
+        let bottom = (self.out_h - 1) * self.stride + self.k - self.h - self.top;
+        let right = (self.out_w - 1) * self.stride + self.k - self.w - self.left;
+        let fill =
+            |rows: usize, cols: usize| Tensor::full(f32::MIN, (n, c, rows, cols), x.device());
+        let x = Tensor::cat(&[&fill(self.top, self.w)?, x, &fill(bottom, self.w)?], 2)?;
+        let rows = self.top + self.h + bottom;
+        let x = Tensor::cat(&[&fill(rows, self.left)?, &x, &fill(rows, right)?], 3)?;
+        let take = |len: usize, offset: usize| -> Result<Tensor> {
+            let idx: Vec<u32> = (0..len)
+                .map(|o| (o * self.stride + offset) as u32)
+                .collect();
+            Tensor::from_vec(idx, len, x.device())
+        };
+        let mut shifted = Vec::with_capacity(self.k * self.k);
+        for dy in 0..self.k {
+            for dx in 0..self.k {
+                shifted.push(
+                    x.index_select(&take(self.out_h, dy)?, 2)?
+                        .index_select(&take(self.out_w, dx)?, 3)?,
+                );
+            }
+        }
+        Tensor::stack(&shifted, 0)?.max(0)
+    }
+}
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("max pooling supports f32 only")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("max pooling needs a contiguous tensor"),
+    }
+}
+
+impl CustomOp1 for Pool {
+    fn name(&self) -> &'static str {
+        "max-pool-same"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, _, _) = layout.shape().dims4()?;
+        let input = f32_slice(storage, layout)?;
+        let (in_area, out_area) = (self.h * self.w, self.out_h * self.out_w);
+        let mut out = vec![0f32; n * c * out_area];
+        out.par_chunks_mut(out_area)
+            .enumerate()
+            .for_each(|(p, out)| {
+                let plane = &input[p * in_area..][..in_area];
+                self.argmax_plane(plane, |o, i| out[o] = plane[i]);
+            });
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, c, self.out_h, self.out_w)),
+        ))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            x.apply_op2_no_bwd(&grad.contiguous()?, &PoolGrad(*self))?,
+        ))
+    }
+}
+
+/// The gradient of [`Pool`]: each output's gradient goes to the input that was the maximum.
+struct PoolGrad(Pool);
+
+impl CustomOp2 for PoolGrad {
+    fn name(&self) -> &'static str {
+        "max-pool-same-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let pool = self.0;
+        let (n, c, _, _) = l1.shape().dims4()?;
+        let (input, grad) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (in_area, out_area) = (pool.h * pool.w, pool.out_h * pool.out_w);
+        let mut grad_in = vec![0f32; n * c * in_area];
+        grad_in
+            .par_chunks_mut(in_area)
+            .enumerate()
+            .for_each(|(p, grad_in)| {
+                let (plane, grad) = (
+                    &input[p * in_area..][..in_area],
+                    &grad[p * out_area..][..out_area],
+                );
+                pool.argmax_plane(plane, |o, i| grad_in[i] += grad[o]);
+            });
+        Ok((CpuStorage::F32(grad_in), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn row(values: &[f32]) -> Tensor {
+        Tensor::new(values, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, values.len()))
+            .unwrap()
+    }
+
+    #[test]
+    fn windows_at_the_edges_see_only_real_pixels() {
+        // 5 wide, window 3, stride 2: out 3, one pixel of padding each side. Windows over
+        // [-, -4, -1], [-1, -6, -3], [-3, -2, -]: the padding never wins even where all is
+        // negative.
+        let y = max_pool_same(&row(&[-4.0, -1.0, -6.0, -3.0, -2.0]), 3, 2).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [-1.0, -1.0, -2.0]
+        );
+        // 4 wide: out 2, the one pixel of padding after: windows [0, 1, 2] and [2, 3, -].
+        let y = max_pool_same(&row(&[5.0, 1.0, 2.0, 7.0]), 3, 2).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [5.0, 7.0]
+        );
+        assert_eq!(max_pool_same_shape([7, 125, 125], 2), [7, 63, 63]);
+    }
+
+    #[test]
+    fn the_gradient_goes_to_each_window_maximum() {
+        let x = Var::from_tensor(&row(&[-4.0, -1.0, -6.0, -3.0, -2.0])).unwrap();
+        let y = max_pool_same(&x, 3, 2).unwrap();
+        let weights = row(&[1.0, 10.0, 100.0]).reshape((1, 1, 1, 3)).unwrap();
+        let grads = (y * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        // -1 is the maximum of the first two windows; -2 of the last.
+        let g: Vec<f32> = grads
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(g, [0.0, 11.0, 0.0, 0.0, 100.0]);
+    }
+
+    #[test]
+    fn the_kernel_agrees_with_the_tensor_operation_fallback() {
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 9, 8), &Device::Cpu).unwrap();
+        let pool = Pool::new(9, 8, 3, 2);
+        let ours = x.apply_op1(pool).unwrap();
+        let theirs = pool.by_tensor_ops(&x).unwrap();
+        assert_eq!(ours.dims(), [2, 3, 5, 4]);
+        let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = theirs.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b);
+    }
+}

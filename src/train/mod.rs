@@ -1,0 +1,817 @@
+//! Training a model on a labelled set, on a background thread that reports what it does as
+//! events and can be paused, resumed or stopped at any time.
+//!
+//! A run is reproducible: the validation split, the order of every epoch and the rotation of
+//! every sample derive from the seed, so the same settings give the same run, and a run resumed
+//! from its last checkpoint continues exactly where it stopped.
+
+pub mod checkpoint;
+pub mod data;
+pub mod eval;
+pub mod optim;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::write_atomically;
+use crate::dataset::{CloudSet, DataError};
+use crate::nn::curricular::{CurricularConfig, CurricularFace};
+use crate::nn::layers::Phase;
+use crate::nn::model::{Architecture, Model, ModelConfig};
+use crate::rotation::RotationDistribution;
+use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta, EpochRecord, Position};
+use data::{Augment, Prefetcher, epoch_order, stratified_split};
+use eval::{Confusion, evaluate};
+use optim::{AdamW, AdamWConfig, Schedule};
+
+/// Where the tensors live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceChoice {
+    /// The CPU, all cores.
+    #[default]
+    Cpu,
+    /// The first NVIDIA GPU (needs a build with the `cuda` feature).
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// The candle device, or why it cannot be had.
+    pub fn device(self) -> Result<Device, String> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda if !candle_core::utils::cuda_is_available() => Err(
+                "this build has no CUDA support: rebuild with `--features cuda` to train on a GPU"
+                    .into(),
+            ),
+            DeviceChoice::Cuda => {
+                Device::new_cuda(0).map_err(|e| format!("cannot open the GPU: {e}"))
+            }
+        }
+    }
+}
+
+/// Everything that decides a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The model.
+    pub model: ModelConfig,
+    /// Epochs in all (the learning-rate schedule spans them).
+    pub epochs: usize,
+    /// Stop after this many minutes (then evaluate and save), if set.
+    pub time_limit_minutes: Option<f64>,
+    /// Samples per batch.
+    pub batch: usize,
+    /// The peak learning rate.
+    pub lr: f64,
+    /// Epochs of linear warm-up before the cosine decay.
+    pub warmup_epochs: f64,
+    /// AdamW's settings.
+    pub optimizer: AdamWConfig,
+    /// The share of each class held out for validation.
+    pub val_fraction: f64,
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// The loss's settings.
+    pub curricular: CurricularConfig,
+    /// How training clouds are rotated, afresh each epoch.
+    pub augment: RotationDistribution,
+    /// Where to train.
+    pub device: DeviceChoice,
+    /// Batches used to re-estimate batch normalisation's statistics before each evaluation.
+    pub calibration_batches: usize,
+}
+
+impl TrainConfig {
+    /// The defaults for `architecture`: the compact network trains in batches of 64 at a peak
+    /// learning rate of 3e-3; Xception, heavier, in batches of 16 at 1e-3. Both for 10 epochs
+    /// with half an epoch of warm-up, 10% of each class for validation, seed 0, the
+    /// CurricularFace defaults and `π / k` augmentation (each angle π/k, k uniform in
+    /// -32..=32, k = 0 meaning none), re-estimating batch-norm statistics over 16 batches.
+    pub fn new(architecture: Architecture) -> Self {
+        let (batch, lr) = match architecture {
+            Architecture::Compact => (64, 3e-3),
+            Architecture::Xception => (16, 1e-3),
+        };
+        TrainConfig {
+            model: ModelConfig::new(architecture),
+            epochs: 10,
+            time_limit_minutes: None,
+            batch,
+            lr,
+            warmup_epochs: 0.5,
+            optimizer: AdamWConfig::default(),
+            val_fraction: 0.1,
+            seed: 0,
+            curricular: CurricularConfig::default(),
+            augment: RotationDistribution::default(),
+            device: DeviceChoice::Cpu,
+            calibration_batches: 16,
+        }
+    }
+}
+
+/// Why a run cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The set has no labels.
+    #[error("{}: the training set has no labels (is train.csv missing?)", .0.display())]
+    NoLabels(PathBuf),
+    /// A bad setting.
+    #[error("{0}")]
+    Setting(String),
+    /// The device cannot be used.
+    #[error("{0}")]
+    Device(String),
+    /// A checkpoint problem.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A file problem.
+    #[error(transparent)]
+    File(#[from] DataError),
+    /// The tensor library failed.
+    #[error("{0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// One training step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepStats {
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// The batch within the epoch, from 1.
+    pub batch: usize,
+    /// Batches per epoch.
+    pub batches: usize,
+    /// Optimiser steps taken in all.
+    pub step: u64,
+    /// Steps the whole run will take.
+    pub total_steps: u64,
+    /// The batch's loss.
+    pub loss: f64,
+    /// The batch's accuracy (of the cosines, before the margin).
+    pub accuracy: f64,
+    /// The CurricularFace state after the step.
+    pub t: f64,
+    /// The learning rate of the step.
+    pub lr: f64,
+    /// Training throughput over the last few steps.
+    pub samples_per_sec: f64,
+}
+
+/// A validation sample the model got wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mistake {
+    /// The sample, as an index into the set.
+    pub index: usize,
+    /// Its label.
+    pub label: u8,
+    /// The prediction.
+    pub predicted: u8,
+}
+
+/// The end of an epoch (or of a stopped one).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochReport {
+    /// The figures that go to `metrics.csv`.
+    pub record: EpochRecord,
+    /// The validation confusion matrix.
+    pub confusion: Confusion,
+    /// The validation samples predicted wrong.
+    pub mistakes: Vec<Mistake>,
+    /// Whether this is the best validation accuracy so far.
+    pub best: bool,
+}
+
+/// Why a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// All epochs done.
+    Completed,
+    /// The time limit was reached.
+    TimeLimit,
+    /// Asked to stop.
+    Stopped,
+}
+
+/// What a run reports, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Training begins (or resumes).
+    Started {
+        /// Training samples.
+        train: usize,
+        /// Validation samples.
+        val: usize,
+        /// Batches per epoch.
+        batches: usize,
+        /// Steps the whole run will take.
+        total_steps: u64,
+        /// Where it begins.
+        position: Position,
+    },
+    /// A step finished.
+    Step(StepStats),
+    /// An epoch (or a stopped part of one) was evaluated.
+    Epoch(Box<EpochReport>),
+    /// A checkpoint was written.
+    Saved(PathBuf),
+    /// The run paused.
+    Paused,
+    /// The run continued.
+    Resumed,
+    /// The run ended.
+    Finished {
+        /// Why.
+        reason: Reason,
+        /// The best validation accuracy.
+        best_val_accuracy: Option<f64>,
+    },
+    /// The run failed; nothing more follows.
+    Failed(String),
+}
+
+/// Pause and stop requests, shared between a run and whoever controls it.
+#[derive(Debug, Default)]
+struct Control {
+    paused: Mutex<bool>,
+    wake: Condvar,
+    stop: AtomicBool,
+    stop_after_epoch: AtomicBool,
+}
+
+/// A run in progress: its events, and the means to pause, resume or stop it.
+pub struct TrainerHandle {
+    events: Receiver<Event>,
+    control: Arc<Control>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TrainerHandle {
+    /// The events so far, without waiting.
+    pub fn poll(&self) -> Vec<Event> {
+        self.events.try_iter().collect()
+    }
+
+    /// The next event, waiting for it; `None` once the run has ended and all were read.
+    pub fn next_event(&self) -> Option<Event> {
+        self.events.recv().ok()
+    }
+
+    /// Pauses after the current step.
+    pub fn pause(&self) {
+        *self
+            .control
+            .paused
+            .lock()
+            .expect("the control lock is never poisoned") = true;
+    }
+
+    /// Continues a paused run.
+    pub fn resume(&self) {
+        *self
+            .control
+            .paused
+            .lock()
+            .expect("the control lock is never poisoned") = false;
+        self.control.wake.notify_all();
+    }
+
+    /// Stops when the current epoch ends (after its evaluation and checkpoint).
+    pub fn stop_after_epoch(&self) {
+        self.control.stop_after_epoch.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops after the current step; the run then evaluates, saves and finishes.
+    pub fn stop(&self) {
+        self.control.stop.store(true, Ordering::Relaxed);
+        self.control.wake.notify_all();
+    }
+
+    /// Waits for the run's thread to end.
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for TrainerHandle {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.stop();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A run, set up and ready to start.
+pub struct Trainer {
+    config: TrainConfig,
+    set: Arc<CloudSet>,
+    out: Option<PathBuf>,
+    device: Device,
+    model: Model,
+    optimizer: AdamW,
+    loss: CurricularFace,
+    train: Vec<usize>,
+    val: Vec<usize>,
+    position: Position,
+    best: Option<f64>,
+    history: Vec<EpochRecord>,
+}
+
+impl Trainer {
+    /// Sets up a run on `set`, writing checkpoints and `metrics.csv` into `out` when given; with
+    /// `resume`, continues the run that checkpoint belongs to (whose settings then apply,
+    /// except the number of epochs, the time limit and the device).
+    pub fn new(
+        mut config: TrainConfig,
+        set: Arc<CloudSet>,
+        out: Option<PathBuf>,
+        resume: Option<&Checkpoint>,
+    ) -> Result<Self, TrainError> {
+        let labels = set
+            .labels()
+            .ok_or_else(|| TrainError::NoLabels(set.h5_path().to_owned()))?;
+        if let Some(checkpoint) = resume {
+            let saved = &checkpoint.meta.train;
+            if saved.model != config.model {
+                return Err(TrainError::Checkpoint(CheckpointError::Mismatch {
+                    path: checkpoint.path.clone(),
+                    detail: format!(
+                        "it is a checkpoint of a {:?} model, but a {:?} model was asked for",
+                        saved.model.architecture, config.model.architecture
+                    ),
+                }));
+            }
+            config = TrainConfig {
+                epochs: config.epochs,
+                time_limit_minutes: config.time_limit_minutes,
+                device: config.device,
+                ..saved.clone()
+            };
+        }
+        check_settings(&config)?;
+        let device = config.device.device().map_err(TrainError::Device)?;
+
+        let (train, val) = stratified_split(labels, config.val_fraction, config.seed);
+        if val.is_empty() {
+            return Err(TrainError::Setting(format!(
+                "the validation split is empty: {} samples with --val-fraction {} leave none out",
+                labels.len(),
+                config.val_fraction
+            )));
+        }
+        if train.len() < config.batch {
+            return Err(TrainError::Setting(format!(
+                "{} training samples are fewer than one batch of {}",
+                train.len(),
+                config.batch
+            )));
+        }
+
+        let model = Model::new(&config.model, config.seed, &device)?;
+        let mut optimizer = AdamW::new(model.params(), config.optimizer)?;
+        let mut loss = CurricularFace::new(config.curricular);
+        let mut trainer_position = Position::default();
+        let mut best = None;
+        let mut history = Vec::new();
+        if let Some(checkpoint) = resume {
+            checkpoint.load_into(&model)?;
+            let meta = &checkpoint.meta;
+            if meta.has_optimizer {
+                optimizer
+                    .restore(&checkpoint.tensors, meta.position.step)
+                    .map_err(|detail| CheckpointError::Mismatch {
+                        path: checkpoint.path.clone(),
+                        detail,
+                    })?;
+            } else {
+                tracing::warn!(
+                    "{} has no optimiser state: its moments start again from zero",
+                    checkpoint.path.display()
+                );
+            }
+            loss.t = meta.t;
+            trainer_position = meta.position;
+            best = meta.best_val_accuracy;
+            history = meta.history.clone();
+        }
+        if let Some(dir) = &out {
+            std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        }
+        Ok(Trainer {
+            config,
+            set,
+            out,
+            device,
+            model,
+            optimizer,
+            loss,
+            train,
+            val,
+            position: trainer_position,
+            best,
+            history,
+        })
+    }
+
+    /// The run's settings (after a resume, the checkpoint's).
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Starts the run on its own thread.
+    pub fn spawn(self) -> TrainerHandle {
+        let (tx, rx) = channel();
+        let control = Arc::new(Control::default());
+        let shared = Arc::clone(&control);
+        let thread = std::thread::Builder::new()
+            .name("digit3d-trainer".into())
+            .spawn(move || {
+                let mut run = Run {
+                    trainer: self,
+                    events: tx.clone(),
+                    control: shared,
+                    started: Instant::now(),
+                };
+                if let Err(e) = run.run() {
+                    let _ = tx.send(Event::Failed(format!("{e:#}")));
+                }
+            })
+            .expect("spawning the training thread");
+        TrainerHandle {
+            events: rx,
+            control,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn check_settings(config: &TrainConfig) -> Result<(), TrainError> {
+    let bad = |what: String| Err(TrainError::Setting(what));
+    if config.batch == 0 {
+        return bad("the batch size must be at least 1".into());
+    }
+    if config.epochs == 0 {
+        return bad("train for at least one epoch".into());
+    }
+    if !(config.lr > 0.0 && config.lr.is_finite()) {
+        return bad(format!(
+            "the learning rate must be positive, not {}",
+            config.lr
+        ));
+    }
+    if !(0.0..1.0).contains(&config.val_fraction) {
+        return bad(format!(
+            "the validation fraction must be in 0..1, not {}",
+            config.val_fraction
+        ));
+    }
+    if config
+        .time_limit_minutes
+        .is_some_and(|m| m <= 0.0 || m.is_nan())
+    {
+        return bad("the time limit must be positive".into());
+    }
+    Ok(())
+}
+
+/// A run in its thread.
+struct Run {
+    trainer: Trainer,
+    events: Sender<Event>,
+    control: Arc<Control>,
+    started: Instant,
+}
+
+/// Figures gathered over an epoch's steps.
+#[derive(Default)]
+struct Tally {
+    loss: f64,
+    correct: f64,
+    samples: usize,
+    batches: usize,
+    lr: f64,
+}
+
+impl Run {
+    fn send(&self, event: Event) {
+        // Nobody listening is fine: the run goes on and still saves its checkpoints.
+        let _ = self.events.send(event);
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.trainer.train.len() / self.trainer.config.batch
+    }
+
+    fn schedule(&self) -> Schedule {
+        let per_epoch = self.batches_per_epoch() as u64;
+        let config = &self.trainer.config;
+        Schedule {
+            peak: config.lr,
+            warmup: ((config.warmup_epochs * per_epoch as f64).round() as u64).max(1),
+            total: per_epoch * config.epochs as u64,
+        }
+    }
+
+    fn run(&mut self) -> Result<(), TrainError> {
+        let per_epoch = self.batches_per_epoch();
+        let schedule = self.schedule();
+        self.send(Event::Started {
+            train: self.trainer.train.len(),
+            val: self.trainer.val.len(),
+            batches: per_epoch,
+            total_steps: schedule.total,
+            position: self.trainer.position,
+        });
+
+        let mut reason = Reason::Completed;
+        while self.trainer.position.epoch < self.trainer.config.epochs {
+            let epoch_started = Instant::now();
+            let (tally, interrupted) = self.train_epoch(&schedule)?;
+            if let Some(why) = interrupted {
+                reason = why;
+            } else {
+                self.trainer.position.epoch += 1;
+                self.trainer.position.batch = 0;
+            }
+            if tally.batches > 0 {
+                self.finish_epoch(tally, epoch_started)?;
+            }
+            if interrupted.is_some() {
+                break;
+            }
+            if self.control.stop_after_epoch.load(Ordering::Relaxed)
+                && self.trainer.position.epoch < self.trainer.config.epochs
+            {
+                reason = Reason::Stopped;
+                break;
+            }
+        }
+        self.send(Event::Finished {
+            reason,
+            best_val_accuracy: self.trainer.best,
+        });
+        Ok(())
+    }
+
+    /// Trains from the current position to the end of its epoch, or until stopped.
+    fn train_epoch(&mut self, schedule: &Schedule) -> Result<(Tally, Option<Reason>), TrainError> {
+        let t = &self.trainer;
+        let config = &t.config;
+        let (epoch, first) = (t.position.epoch, t.position.batch);
+        let order = epoch_order(&t.train, config.seed, epoch);
+        let plan: Vec<Vec<usize>> = order
+            .chunks_exact(config.batch)
+            .skip(first)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let augment = Augment::Random {
+            distribution: config.augment,
+            seed: config.seed,
+            epoch,
+        };
+        let form = config.model.input;
+        let [c, h, w] = form.shape();
+        let prefetcher = Prefetcher::spawn(Arc::clone(&t.set), plan, form, augment, 3);
+
+        let batches = self.batches_per_epoch();
+        let mut tally = Tally::default();
+        let mut window = (Instant::now(), 0usize);
+        loop {
+            if let Some(reason) = self.interruption() {
+                return Ok((tally, Some(reason)));
+            }
+            let Some(batch) = prefetcher.next_batch() else {
+                break;
+            };
+            let n = batch.indices.len();
+            let labels = batch.labels.expect("training sets are labelled");
+            let t = &mut self.trainer;
+            let input = Tensor::from_vec(batch.input, (n, c, h, w), &t.device)?;
+            let labels_t = Tensor::from_vec(labels.clone(), n, &t.device)?;
+
+            let cosines = t.model.cosines(&input, Phase::Train)?;
+            let out = t.loss.loss(&cosines, &labels_t)?;
+            let lr = schedule.at(t.position.step);
+            t.optimizer.step(&out.loss.backward()?, lr)?;
+            t.loss.update_t(&out);
+            t.position.batch += 1;
+            t.position.step += 1;
+
+            let loss: f32 = out.loss.to_scalar()?;
+            let predicted: Vec<u32> = cosines.argmax(1)?.to_vec1()?;
+            let correct = predicted
+                .iter()
+                .zip(&labels)
+                .filter(|(p, l)| p == l)
+                .count();
+            tally.loss += f64::from(loss);
+            tally.correct += correct as f64;
+            tally.samples += n;
+            tally.batches += 1;
+            tally.lr = lr;
+            window.1 += n;
+            let elapsed = window.0.elapsed().as_secs_f64();
+            let stats = StepStats {
+                epoch: t.position.epoch + 1,
+                batch: t.position.batch,
+                batches,
+                step: t.position.step,
+                total_steps: schedule.total,
+                loss: f64::from(loss),
+                accuracy: correct as f64 / n as f64,
+                t: t.loss.t,
+                lr,
+                samples_per_sec: window.1 as f64 / elapsed.max(1e-9),
+            };
+            if elapsed > 5.0 {
+                window = (Instant::now(), 0);
+            }
+            self.send(Event::Step(stats));
+        }
+        Ok((tally, None))
+    }
+
+    /// Waits while paused; says whether to stop, and why.
+    fn interruption(&self) -> Option<Reason> {
+        let mut paused = self
+            .control
+            .paused
+            .lock()
+            .expect("the control lock is never poisoned");
+        if *paused && !self.control.stop.load(Ordering::Relaxed) {
+            self.send(Event::Paused);
+            while *paused && !self.control.stop.load(Ordering::Relaxed) {
+                paused = self
+                    .control
+                    .wake
+                    .wait(paused)
+                    .expect("the control lock is never poisoned");
+            }
+            self.send(Event::Resumed);
+        }
+        if self.control.stop.load(Ordering::Relaxed) {
+            return Some(Reason::Stopped);
+        }
+        let limit = self.trainer.config.time_limit_minutes?;
+        (self.started.elapsed().as_secs_f64() >= limit * 60.0).then_some(Reason::TimeLimit)
+    }
+
+    /// Re-estimates batch-norm statistics, evaluates on the validation split, reports, saves.
+    fn finish_epoch(&mut self, tally: Tally, started: Instant) -> Result<(), TrainError> {
+        self.calibrate()?;
+        let t = &self.trainer;
+        let evaluation = evaluate(
+            &t.model,
+            &t.set,
+            &t.val,
+            t.config.batch.max(32),
+            &[Augment::None],
+            Some(&t.loss),
+            &t.device,
+        )?;
+        let confusion = evaluation.confusion.clone().unwrap_or_default();
+        let labels = t.set.labels().expect("training sets are labelled");
+        let mistakes = evaluation
+            .indices
+            .iter()
+            .zip(&evaluation.predictions)
+            .filter(|&(&i, &p)| labels[i] != p)
+            .map(|(&i, &p)| Mistake {
+                index: i,
+                label: labels[i],
+                predicted: p,
+            })
+            .collect();
+
+        let record = EpochRecord {
+            epoch: t.position.epoch + usize::from(t.position.batch > 0),
+            step: t.position.step,
+            train_loss: tally.loss / tally.batches as f64,
+            train_accuracy: tally.correct / tally.samples as f64,
+            val_loss: evaluation.loss.unwrap_or(f64::NAN),
+            val_accuracy: confusion.accuracy(),
+            t: t.loss.t,
+            lr: tally.lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let best = self.trainer.best.is_none_or(|b| record.val_accuracy > b);
+        if best {
+            self.trainer.best = Some(record.val_accuracy);
+        }
+        self.trainer.history.push(record.clone());
+        tracing::info!(
+            "epoch {}: train loss {:.4}, accuracy {:.4}; validation loss {:.4}, accuracy {:.4}; t {:.4}",
+            record.epoch,
+            record.train_loss,
+            record.train_accuracy,
+            record.val_loss,
+            record.val_accuracy,
+            record.t
+        );
+        let report = EpochReport {
+            record,
+            confusion,
+            mistakes,
+            best,
+        };
+        self.send(Event::Epoch(Box::new(report)));
+        self.save(best)
+    }
+
+    /// Runs a few training batches in calibration mode, so the running statistics of batch
+    /// normalisation match the current weights (they lag them while training, which can make an
+    /// early-stopped model predict one class for everything).
+    fn calibrate(&self) -> Result<(), TrainError> {
+        let t = &self.trainer;
+        let config = &t.config;
+        let order = epoch_order(&t.train, config.seed ^ 0x5eed, t.position.epoch);
+        let plan: Vec<Vec<usize>> = order
+            .chunks_exact(config.batch)
+            .take(config.calibration_batches)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let augment = Augment::Random {
+            distribution: config.augment,
+            seed: config.seed,
+            epoch: t.position.epoch,
+        };
+        let form = config.model.input;
+        let [c, h, w] = form.shape();
+        let prefetcher = Prefetcher::spawn(Arc::clone(&t.set), plan, form, augment, 2);
+        while let Some(batch) = prefetcher.next_batch() {
+            let input = Tensor::from_vec(batch.input, (batch.indices.len(), c, h, w), &t.device)?;
+            t.model.embed(&input, Phase::Calibrate)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `last` (with the optimiser), `best` when `best`, and `metrics.csv`.
+    fn save(&self, best: bool) -> Result<(), TrainError> {
+        let Some(dir) = &self.trainer.out else {
+            return Ok(());
+        };
+        let t = &self.trainer;
+        let meta = CheckpointMeta {
+            format: checkpoint::FORMAT,
+            model: t.config.model.clone(),
+            train: t.config.clone(),
+            position: t.position,
+            t: t.loss.t,
+            has_optimizer: true,
+            best_val_accuracy: t.best,
+            history: t.history.clone(),
+        };
+        let last = dir.join("last.safetensors");
+        checkpoint::save(&last, &t.model, Some(&t.optimizer), &meta)?;
+        self.send(Event::Saved(last));
+        if best {
+            let path = dir.join("best.safetensors");
+            checkpoint::save(
+                &path,
+                &t.model,
+                None,
+                &CheckpointMeta {
+                    has_optimizer: false,
+                    ..meta
+                },
+            )?;
+            self.send(Event::Saved(path));
+        }
+        write_metrics(&dir.join("metrics.csv"), &t.history)?;
+        Ok(())
+    }
+}
+
+/// Writes one row per epoch, atomically.
+fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<(), DataError> {
+    let mut text =
+        String::from("epoch,step,train_loss,train_accuracy,val_loss,val_accuracy,t,lr,seconds\n");
+    for r in history {
+        text.push_str(&format!(
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3e},{:.1}\n",
+            r.epoch,
+            r.step,
+            r.train_loss,
+            r.train_accuracy,
+            r.val_loss,
+            r.val_accuracy,
+            r.t,
+            r.lr,
+            r.seconds
+        ));
+    }
+    write_atomically(path, |tmp| {
+        std::fs::write(tmp, &text).map_err(|e| DataError::io(path, e))
+    })
+}
