@@ -62,8 +62,9 @@ fn tiny_config(epochs: usize) -> TrainConfig {
     let mut config = TrainConfig::new(Architecture::Compact);
     config.model.compact = CompactConfig {
         stem: 8,
+        stem_kernel: 1,
         stages: vec![12, 16],
-        depth: 1,
+        depths: vec![1, 1],
     };
     config.epochs = epochs;
     config.batch = 8;

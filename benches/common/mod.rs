@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -35,20 +36,38 @@ pub fn python() -> String {
 /// Runs `python3 SCRIPT ARGS...` (the script relative to `benches/`) with one thread for the
 /// numeric libraries, and parses the JSON line it prints.
 pub fn run_python(script: &str, args: &[&Path]) -> Result<serde_json::Value, String> {
+    let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    python_json(script, &args, true)
+}
+
+/// Runs `python3 SCRIPT ARGS...` with the libraries free to use every core, and parses the JSON
+/// line it prints.
+pub fn run_python_args(script: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    python_json(script, &args, false)
+}
+
+fn python_json(
+    script: &str,
+    args: &[&OsStr],
+    one_thread: bool,
+) -> Result<serde_json::Value, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("benches")
         .join(script);
-    let output = Command::new(python())
-        .arg(&script)
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .env("OPENBLAS_NUM_THREADS", "1")
-        .env("MKL_NUM_THREADS", "1")
+    let mut command = Command::new(python());
+    command.arg(&script).args(args);
+    if one_thread {
+        for var in ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
+            command.env(var, "1");
+        }
+    }
+    let output = command
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python()))?;
     if !output.status.success() {
         return Err(format!(
-            "{} failed (install numpy and h5py: pip install numpy h5py): {}",
+            "{} failed (install what it imports: pip install numpy h5py tensorflow-cpu): {}",
             script.display(),
             String::from_utf8_lossy(&output.stderr).trim()
         ));

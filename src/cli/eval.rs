@@ -92,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
+    digit3d::tune_allocator();
     let set = Arc::new(set);
     let passes = tta_passes(args.tta, config.augment, config.seed);
     let evaluation = evaluate(&model, &set, &indices, args.batch, &passes, None, &device)?;

@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .test
         .or(dataset.train)
         .context("no clouds to predict")?;
+    digit3d::tune_allocator();
     let set = Arc::new(set);
     let indices: Vec<usize> = (0..set.len()).collect();
 

@@ -81,6 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let set = dataset
         .train
         .with_context(|| format!("{}: no train.h5 to train on", args.data.display()))?;
+    digit3d::tune_allocator();
     let trainer = Trainer::new(
         config,
         Arc::new(set),

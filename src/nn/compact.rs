@@ -7,24 +7,30 @@ use serde::{Deserialize, Serialize};
 use super::layers::{Builder, Conv, Normalised, Phase, SeparableConv, global_average_pool};
 use super::pool::{max_pool_same, max_pool_same_shape};
 
-/// The widths of the compact backbone.
+/// The shape of the compact backbone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompactConfig {
     /// Channels after the stem.
     pub stem: usize,
+    /// The stem's kernel size (1: a mix of the input channels, pixel by pixel).
+    pub stem_kernel: usize,
     /// Channels of each stage; each stage ends with a 2x max pool.
     pub stages: Vec<usize>,
-    /// Separable convolutions per stage.
-    pub depth: usize,
+    /// Separable convolutions in each stage.
+    pub depths: Vec<usize>,
 }
 
 impl Default for CompactConfig {
-    /// A stem of 64 and three stages of 96, 192 and 256 channels, two convolutions each.
+    /// A 1 x 1 stem to 32 channels, then stages of 48, 96 and 192 channels with one, two and two
+    /// separable convolutions: about 22 million multiply-adds per sample on the stacked views,
+    /// a quarter of a first design with a 3 x 3 stem and twice the widths, which trained at 23
+    /// samples/s on two cores.
     fn default() -> Self {
         CompactConfig {
-            stem: 64,
-            stages: vec![96, 192, 256],
-            depth: 2,
+            stem: 32,
+            stem_kernel: 1,
+            stages: vec![48, 96, 192],
+            depths: vec![1, 2, 2],
         }
     }
 }
@@ -44,10 +50,19 @@ impl Compact {
     /// reach the stages at about the same resolution.
     pub fn new(b: &mut Builder, input: [usize; 3], config: &CompactConfig) -> Result<Self> {
         let large = input[1] > 128;
+        let k = config.stem_kernel;
         let (conv, mut shape) = if large {
-            Conv::new(b, "stem_conv", input, config.stem, 3, 2, 1)?
+            Conv::new(
+                b,
+                "stem_conv",
+                input,
+                config.stem,
+                k.max(3),
+                2,
+                k.max(3) / 2,
+            )?
         } else {
-            Conv::new(b, "stem_conv", input, config.stem, 3, 1, 1)?
+            Conv::new(b, "stem_conv", input, config.stem, k, 1, k / 2)?
         };
         let stem = Normalised::new(b, "stem_conv", conv, shape)?;
         if large {
@@ -56,9 +71,9 @@ impl Compact {
         }
 
         let mut stages = Vec::new();
-        for (s, &width) in config.stages.iter().enumerate() {
+        for (s, (&width, &depth)) in config.stages.iter().zip(&config.depths).enumerate() {
             let mut convs = Vec::new();
-            for k in 0..config.depth {
+            for k in 0..depth {
                 let name = format!("stage{}_sepconv{}", s + 1, k + 1);
                 let (conv, next) = SeparableConv::new(b, &name, shape, width, 3)?;
                 convs.push(Normalised::new(b, &name, conv, next)?);
@@ -89,13 +104,13 @@ impl Compact {
 
     /// The embedding of a batch `[N, C, H, W]`.
     pub fn forward(&self, x: &Tensor, phase: Phase) -> Result<Tensor> {
-        let mut x = self.stem.forward(x, phase)?.relu()?;
+        let mut x = self.stem.forward_relu(x, phase)?;
         if self.stem_pool {
             x = max_pool_same(&x, 3, 2)?;
         }
         for stage in &self.stages {
             for conv in stage {
-                x = conv.forward(&x, phase)?.relu()?;
+                x = conv.forward_relu(&x, phase)?;
             }
             x = max_pool_same(&x, 3, 2)?;
         }

@@ -8,6 +8,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use super::lanes::dot;
+
 /// `x` of shape `[N, C, H, W]` convolved with `weight` of shape `[C, 1, k, k]` (the layout of
 /// `conv2d` with `groups = C`), stride 1, `padding` zeros on every side: the result has shape
 /// `[N, C, H + 2 * padding - k + 1, W + 2 * padding - k + 1]`. Differentiable in both arguments.
@@ -283,7 +285,7 @@ impl CustomOp2 for GradWeight {
                                 let a = &grad[y * g.out_w + columns.start..][..columns.len()];
                                 let b = &input[row * g.w + columns.start + kx - g.pad..]
                                     [..columns.len()];
-                                sum += a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
+                                sum += dot(a, b);
                             }
                             grad_w[ky * g.k + kx] += sum;
                         }

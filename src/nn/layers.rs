@@ -6,9 +6,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use candle_core::{D, DType, Result, Tensor, Var};
+use candle_core::{D, Result, Tensor, Var};
 
 use super::depthwise::depthwise_conv2d;
+use super::norm::{batch_norm_eval, batch_norm_train};
 use super::params::{Init, Params};
 
 /// What a forward pass is for; batch normalisation behaves differently in each.
@@ -95,6 +96,11 @@ impl<L: Layer> Normalised<L> {
     /// The layer, then the normalisation for `phase`.
     pub fn forward(&self, x: &Tensor, phase: Phase) -> Result<Tensor> {
         self.bn.forward(&self.layer.forward(x)?, phase)
+    }
+
+    /// The layer, the normalisation, then a ReLU.
+    pub fn forward_relu(&self, x: &Tensor, phase: Phase) -> Result<Tensor> {
+        self.bn.forward_relu(&self.layer.forward(x)?, phase)
     }
 }
 
@@ -292,55 +298,65 @@ impl BatchNorm {
 
     /// Normalises `x` for `phase`.
     pub fn forward(&self, x: &Tensor, phase: Phase) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let (mean, var) = match phase {
-            Phase::Eval => {
-                self.calibrated.store(0, Ordering::Relaxed);
-                (
-                    self.running_mean.as_tensor().clone(),
-                    self.running_var.as_tensor().clone(),
-                )
-            }
-            Phase::Train | Phase::Calibrate => {
-                let flat = x.reshape((n, c, h * w))?;
-                let mean = flat.mean_keepdim(2)?.mean_keepdim(0)?;
-                let centred = flat.broadcast_sub(&mean)?;
-                let var = centred.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
-                let (mean, var) = (mean.flatten_all()?, var.flatten_all()?);
-                self.update_running(&mean, &var, n * h * w, phase)?;
-                (mean, var)
-            }
-        };
-        let scale = (self.gamma.as_tensor() / (var + self.eps)?.sqrt()?)?;
-        let shift = (self.beta.as_tensor() - (&mean * &scale)?)?;
-        x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&shift.reshape((1, c, 1, 1))?)
+        self.apply(x, phase, false)
     }
 
-    fn update_running(
-        &self,
-        mean: &Tensor,
-        var: &Tensor,
-        count: usize,
-        phase: Phase,
-    ) -> Result<()> {
+    /// Normalises `x` for `phase`, then applies a ReLU (in the same pass).
+    pub fn forward_relu(&self, x: &Tensor, phase: Phase) -> Result<Tensor> {
+        self.apply(x, phase, true)
+    }
+
+    fn apply(&self, x: &Tensor, phase: Phase, relu: bool) -> Result<Tensor> {
+        if phase == Phase::Eval {
+            self.calibrated.store(0, Ordering::Relaxed);
+            let gamma: Vec<f32> = self.gamma.as_tensor().to_vec1()?;
+            let beta: Vec<f32> = self.beta.as_tensor().to_vec1()?;
+            let mean: Vec<f32> = self.running_mean.as_tensor().to_vec1()?;
+            let var: Vec<f32> = self.running_var.as_tensor().to_vec1()?;
+            let scale: Vec<f32> = gamma
+                .iter()
+                .zip(&var)
+                .map(|(g, v)| g / (f64::from(*v) + self.eps).sqrt() as f32)
+                .collect();
+            let shift = beta
+                .iter()
+                .zip(&mean)
+                .zip(&scale)
+                .map(|((b, m), s)| b - m * s)
+                .collect();
+            return batch_norm_eval(x, scale, shift, relu);
+        }
+        let (n, _, h, w) = x.dims4()?;
+        let (y, (mean, var)) = batch_norm_train(x, &self.gamma, &self.beta, self.eps, relu)?;
+        self.update_running(&mean, &var, n * h * w, phase)?;
+        Ok(y)
+    }
+
+    fn update_running(&self, mean: &[f32], var: &[f32], count: usize, phase: Phase) -> Result<()> {
         let keep = match phase {
             Phase::Calibrate => {
                 // The k-th calibration pass in a row keeps (k - 1) / k: an even average of all.
                 let k = self.calibrated.fetch_add(1, Ordering::Relaxed) + 1;
-                (k - 1) as f64 / k as f64
+                (k - 1) as f32 / k as f32
             }
             _ => {
                 self.calibrated.store(0, Ordering::Relaxed);
-                self.momentum
+                self.momentum as f32
             }
         };
         // The running variance is the unbiased estimate, as the population's would be.
-        let unbiased = (var.detach() * (count as f64 / (count.max(2) - 1) as f64))?;
-        let mean = ((self.running_mean.as_tensor() * keep)? + (mean.detach() * (1.0 - keep))?)?;
-        let var = ((self.running_var.as_tensor() * keep)? + (unbiased * (1.0 - keep))?)?;
-        self.running_mean.set(&mean.to_dtype(DType::F32)?)?;
-        self.running_var.set(&var.to_dtype(DType::F32)?)
+        let unbiased = count as f32 / (count.max(2) - 1) as f32;
+        let blend = |running: &Var, batch: &mut dyn Iterator<Item = f32>| -> Result<()> {
+            let old: Vec<f32> = running.as_tensor().to_vec1()?;
+            let new: Vec<f32> = old
+                .iter()
+                .zip(batch)
+                .map(|(o, b)| o * keep + b * (1.0 - keep))
+                .collect();
+            running.set(&Tensor::from_vec(new, old.len(), running.device())?)
+        };
+        blend(&self.running_mean, &mut mean.iter().copied())?;
+        blend(&self.running_var, &mut var.iter().map(|v| v * unbiased))
     }
 }
 

@@ -2,7 +2,9 @@
 //! hang over the edge see only real pixels), with a backward pass for any window and stride:
 //! candle's own max pool differentiates only when the window equals the stride.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 /// `[N, C, H, W]` max-pooled over `k x k` windows every `stride` pixels, 'same' padding.
@@ -10,7 +12,10 @@ pub fn max_pool_same(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let pool = Pool::new(h, w, k, stride);
     if x.device().is_cpu() {
-        return x.contiguous()?.apply_op1(pool);
+        return x.contiguous()?.apply_op1(Kernel {
+            pool,
+            winners: Arc::default(),
+        });
     }
     pool.by_tensor_ops(x)
 }
@@ -122,66 +127,70 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> 
     }
 }
 
-impl CustomOp1 for Pool {
+/// The CPU kernel. The forward pass remembers which input won each window, so the backward
+/// pass only routes gradients.
+struct Kernel {
+    pool: Pool,
+    winners: Arc<Mutex<Option<Vec<u32>>>>,
+}
+
+impl CustomOp1 for Kernel {
     fn name(&self) -> &'static str {
         "max-pool-same"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let pool = self.pool;
         let (n, c, _, _) = layout.shape().dims4()?;
         let input = f32_slice(storage, layout)?;
-        let (in_area, out_area) = (self.h * self.w, self.out_h * self.out_w);
+        let (in_area, out_area) = (pool.h * pool.w, pool.out_h * pool.out_w);
         let mut out = vec![0f32; n * c * out_area];
+        let mut winners = vec![0u32; n * c * out_area];
         out.par_chunks_mut(out_area)
+            .zip(winners.par_chunks_mut(out_area))
             .enumerate()
-            .for_each(|(p, out)| {
+            .for_each(|(p, (out, winners))| {
                 let plane = &input[p * in_area..][..in_area];
-                self.argmax_plane(plane, |o, i| out[o] = plane[i]);
+                pool.argmax_plane(plane, |o, i| {
+                    out[o] = plane[i];
+                    winners[o] = i as u32;
+                });
             });
+        *self
+            .winners
+            .lock()
+            .expect("the winners lock is never poisoned") = Some(winners);
         Ok((
             CpuStorage::F32(out),
-            Shape::from((n, c, self.out_h, self.out_w)),
+            Shape::from((n, c, pool.out_h, pool.out_w)),
         ))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            x.apply_op2_no_bwd(&grad.contiguous()?, &PoolGrad(*self))?,
-        ))
-    }
-}
-
-/// The gradient of [`Pool`]: each output's gradient goes to the input that was the maximum.
-struct PoolGrad(Pool);
-
-impl CustomOp2 for PoolGrad {
-    fn name(&self) -> &'static str {
-        "max-pool-same-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let pool = self.0;
-        let (n, c, _, _) = l1.shape().dims4()?;
-        let (input, grad) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let (in_area, out_area) = (pool.h * pool.w, pool.out_h * pool.out_w);
-        let mut grad_in = vec![0f32; n * c * in_area];
+        let winners = self
+            .winners
+            .lock()
+            .expect("the winners lock is never poisoned")
+            .clone();
+        let Some(winners) = winners else {
+            bail!("max pooling's backward pass ran before its forward pass")
+        };
+        let grad: Vec<f32> = grad.flatten_all()?.to_vec1()?;
+        let (in_area, out_area) = (self.pool.h * self.pool.w, self.pool.out_h * self.pool.out_w);
+        let mut grad_in = vec![0f32; x.elem_count()];
         grad_in
             .par_chunks_mut(in_area)
             .enumerate()
             .for_each(|(p, grad_in)| {
-                let (plane, grad) = (
-                    &input[p * in_area..][..in_area],
+                let (winners, grad) = (
+                    &winners[p * out_area..][..out_area],
                     &grad[p * out_area..][..out_area],
                 );
-                pool.argmax_plane(plane, |o, i| grad_in[i] += grad[o]);
+                for (&i, &g) in winners.iter().zip(grad) {
+                    grad_in[i as usize] += g;
+                }
             });
-        Ok((CpuStorage::F32(grad_in), l1.shape().clone()))
+        Ok(Some(Tensor::from_vec(grad_in, x.shape(), x.device())?))
     }
 }
 
@@ -242,7 +251,7 @@ mod tests {
     fn the_kernel_agrees_with_the_tensor_operation_fallback() {
         let x = Tensor::randn(0f32, 1.0, (2, 3, 9, 8), &Device::Cpu).unwrap();
         let pool = Pool::new(9, 8, 3, 2);
-        let ours = x.apply_op1(pool).unwrap();
+        let ours = max_pool_same(&x, 3, 2).unwrap();
         let theirs = pool.by_tensor_ops(&x).unwrap();
         assert_eq!(ours.dims(), [2, 3, 5, 4]);
         let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();

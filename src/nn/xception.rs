@@ -66,7 +66,7 @@ impl DownBlock {
         } else {
             x.clone()
         };
-        let x = self.first.forward(&x, phase)?.relu()?;
+        let x = self.first.forward_relu(&x, phase)?;
         let x = self.second.forward(&x, phase)?;
         max_pool_same(&x, 3, 2)? + residual
     }
@@ -146,7 +146,7 @@ impl Xception {
     pub fn forward(&self, x: &Tensor, phase: Phase) -> Result<Tensor> {
         let mut x = x.clone();
         for conv in &self.stem {
-            x = conv.forward(&x, phase)?.relu()?;
+            x = conv.forward_relu(&x, phase)?;
         }
         for block in &self.entry {
             x = block.forward(&x, phase)?;
@@ -156,7 +156,7 @@ impl Xception {
         }
         x = self.exit.forward(&x, phase)?;
         for conv in &self.head {
-            x = conv.forward(&x, phase)?.relu()?;
+            x = conv.forward_relu(&x, phase)?;
         }
         global_average_pool(&x)
     }
