@@ -21,9 +21,7 @@ const CHILD: &str = "DIGIT3D_BENCH_LOAD_CHILD";
 
 /// The bench file: `clouds` clouds of 2,000 to 5,000 points, made once.
 fn bench_file(clouds: usize) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("bench-data");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-data");
     let path = dir.join(format!("train-{clouds}.h5"));
     if path.exists() {
         return path;
@@ -34,16 +32,12 @@ fn bench_file(clouds: usize) -> PathBuf {
     let data: Vec<Vec<Point>> = (0..clouds)
         .map(|_| {
             let n = rng.random_range(2_000..=5_000);
-            (0..n)
-                .map(|_| [0, 1, 2].map(|_| rng.random_range(-0.75f32..0.75)))
-                .collect()
+            (0..n).map(|_| [0, 1, 2].map(|_| rng.random_range(-0.75f32..0.75))).collect()
         })
         .collect();
     write_clouds(
         &path,
-        data.iter()
-            .enumerate()
-            .map(|(id, c)| (id as u32, c.as_slice())),
+        data.iter().enumerate().map(|(id, c)| (id as u32, c.as_slice())),
         Storage::Plain,
     )
     .expect("writing the bench file");
@@ -55,14 +49,7 @@ fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|line| {
-            line.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
+        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -70,14 +57,9 @@ fn status_kib(field: &str) -> u64 {
 fn child_load(path: &Path) {
     let before = status_kib("VmRSS:");
     let start = Instant::now();
-    let set = CloudSet::load(
-        Role::Train,
-        path,
-        None,
-        LoadOptions::default(),
-        &mut LoadReport::default(),
-    )
-    .expect("loading the bench file");
+    let set =
+        CloudSet::load(Role::Train, path, None, LoadOptions::default(), &mut LoadReport::default())
+            .expect("loading the bench file");
     let seconds = start.elapsed().as_secs_f64();
     let json = serde_json::json!({
         "seconds": seconds,
@@ -91,15 +73,8 @@ fn child_load(path: &Path) {
 
 fn run_child(path: &Path) -> serde_json::Value {
     let exe = std::env::current_exe().expect("the bench's own path");
-    let output = Command::new(exe)
-        .env(CHILD, path)
-        .output()
-        .expect("running the load child");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = Command::new(exe).env(CHILD, path).output().expect("running the load child");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the child's JSON")
 }
@@ -117,10 +92,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let clouds = std::env::var("DIGIT3D_BENCH_CLOUDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
+    let clouds =
+        std::env::var("DIGIT3D_BENCH_CLOUDS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
     let path = bench_file(clouds);
     let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
 

@@ -17,10 +17,7 @@ use digit3d::train::optim::{AdamW, AdamWConfig};
 
 fn main() {
     digit3d::tune_allocator();
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let architecture = match args.first().map(String::as_str) {
         Some("compact") => Architecture::Compact,
         _ => Architecture::Xception,
@@ -47,9 +44,7 @@ fn main() {
     let mut step = || {
         let cosines = model.cosines(&input, Phase::Train).expect("forward");
         let out = loss.loss(&cosines, &labels).expect("loss");
-        optimizer
-            .step(&out.loss.backward().expect("backward"), 1e-3)
-            .expect("update");
+        optimizer.step(&out.loss.backward().expect("backward"), 1e-3).expect("update");
         loss.update_t(&out);
     };
     step();

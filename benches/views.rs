@@ -22,10 +22,7 @@ fn ring_digit() -> Digit {
     let centre = (DIGIT_SIDE as f32 - 1.0) / 2.0;
     let pixels = (0..DIGIT_SIDE * DIGIT_SIDE)
         .map(|i| {
-            let (r, c) = (
-                (i / DIGIT_SIDE) as f32 - centre,
-                (i % DIGIT_SIDE) as f32 - centre,
-            );
+            let (r, c) = ((i / DIGIT_SIDE) as f32 - centre, (i % DIGIT_SIDE) as f32 - centre);
             let d = ((r / 1.3).powi(2) + c.powi(2)).sqrt();
             if (5.0..8.0).contains(&d) { 1.0 } else { 0.0 }
         })
@@ -35,41 +32,26 @@ fn ring_digit() -> Digit {
 
 /// The ring lifted densely enough for `POINTS` points, cut to exactly that many, and rotated.
 fn bench_cloud(seed: u64) -> Vec<Point> {
-    let config = LiftConfig {
-        density: 16.0,
-        rotation: RotationDistribution::None,
-        ..LiftConfig::default()
-    };
+    let config =
+        LiftConfig { density: 16.0, rotation: RotationDistribution::None, ..LiftConfig::default() };
     let (mut cloud, _) = lift_digit(&ring_digit(), &config, &mut ChaCha8Rng::seed_from_u64(seed));
-    assert!(
-        cloud.len() >= POINTS,
-        "the ring gave only {} points",
-        cloud.len()
-    );
+    assert!(cloud.len() >= POINTS, "the ring gave only {} points", cloud.len());
     // Drop points spread evenly over the cloud rather than its tail.
     let keep = cloud.len();
     cloud = (0..POINTS).map(|k| cloud[k * keep / POINTS]).collect();
-    Angles::new(0.3 + seed as f64 * 0.01, -0.5, 1.1)
-        .rotation()
-        .rotate(&cloud)
+    Angles::new(0.3 + seed as f64 * 0.01, -0.5, 1.1).rotation().rotate(&cloud)
 }
 
 fn compare_with_numpy(cloud: &[Point], rust_seconds: f64) {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let cloud_path = dir.path().join("cloud.f32");
     let grid_path = dir.path().join("grid.u8");
-    let bytes: Vec<u8> = cloud
-        .as_flattened()
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let bytes: Vec<u8> = cloud.as_flattened().iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&cloud_path, bytes).expect("writing the cloud");
 
     match common::run_python("views_numpy.py", &[&cloud_path, &grid_path]) {
         Ok(result) => {
-            let numpy = result["seconds_per_call"]
-                .as_f64()
-                .expect("seconds_per_call");
+            let numpy = result["seconds_per_call"].as_f64().expect("seconds_per_call");
             let same = std::fs::read(&grid_path).ok().as_deref()
                 == Some(Boards::from_cloud(cloud, VIEW_SIZE).grid().as_slice());
             println!(
@@ -105,10 +87,7 @@ fn bench_batch() {
         black_box(&out);
     });
     println!("\ngrids of {BATCH} clouds of {POINTS} points, as f32 network input");
-    println!(
-        "  one core                {:>9.0} clouds/s",
-        BATCH as f64 / serial
-    );
+    println!("  one core                {:>9.0} clouds/s", BATCH as f64 / serial);
     println!(
         "  {} threads (rayon)       {:>9.0} clouds/s  ({:.2}x)",
         rayon::current_num_threads(),

@@ -33,10 +33,7 @@ pub fn write_atomically<T>(
 fn temporary_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}-{n}.partial", std::process::id()))
 }
 
@@ -51,10 +48,7 @@ mod tests {
         fs::write(&path, "old").unwrap();
         let result: Result<(), DataError> = write_atomically(&path, |tmp| {
             fs::write(tmp, "half").unwrap();
-            Err(DataError::Write {
-                path: tmp.to_owned(),
-                detail: "disk full".into(),
-            })
+            Err(DataError::Write { path: tmp.to_owned(), detail: "disk full".into() })
         });
         assert!(result.is_err());
         assert_eq!(fs::read_to_string(&path).unwrap(), "old");
@@ -66,10 +60,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.csv");
         fs::write(&path, "old").unwrap();
-        write_atomically(&path, |tmp| {
-            fs::write(tmp, "new").map_err(|e| DataError::io(tmp, e))
-        })
-        .unwrap();
+        write_atomically(&path, |tmp| fs::write(tmp, "new").map_err(|e| DataError::io(tmp, e)))
+            .unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

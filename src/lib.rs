@@ -6,6 +6,7 @@
 //! making datasets from 2D digit images ([`lift`]), and the networks that classify them
 //! ([`nn`]).
 
+pub mod align;
 pub mod atomic;
 pub mod dataset;
 pub mod lift;

@@ -43,10 +43,7 @@ pub struct SourceError {
 }
 
 fn source_error(path: &Path, problem: impl Into<String>) -> SourceError {
-    SourceError {
-        path: path.to_owned(),
-        problem: problem.into(),
-    }
+    SourceError { path: path.to_owned(), problem: problem.into() }
 }
 
 /// Reads digits from any of the supported sources:
@@ -66,19 +63,12 @@ pub fn read_digits(path: &Path, labels: Option<&Path>) -> Result<Vec<Digit>, Sou
             }
         }
         if digits.is_empty() {
-            return Err(source_error(
-                path,
-                "the folder holds no 0.json .. 9.json digit files",
-            ));
+            return Err(source_error(path, "the folder holds no 0.json .. 9.json digit files"));
         }
         return Ok(digits);
     }
 
-    let name = path
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
+    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
     if name.ends_with(".json") {
         let label = path
             .file_stem()
@@ -86,10 +76,7 @@ pub fn read_digits(path: &Path, labels: Option<&Path>) -> Result<Vec<Digit>, Sou
             .and_then(|s| s.parse::<u8>().ok())
             .filter(|&l| l <= 9)
             .ok_or_else(|| {
-                source_error(
-                    path,
-                    "a JSON digit file must be named D.json with D in 0..9",
-                )
+                source_error(path, "a JSON digit file must be named D.json with D in 0..9")
             })?;
         return read_json(path, label);
     }
@@ -113,23 +100,13 @@ fn read_json(path: &Path, label: u8) -> Result<Vec<Digit>, SourceError> {
     if !file.data.len().is_multiple_of(area) {
         return Err(source_error(
             path,
-            format!(
-                "{} values is not a whole number of 28 x 28 images",
-                file.data.len()
-            ),
+            format!("{} values is not a whole number of 28 x 28 images", file.data.len()),
         ));
     }
     if let Some(v) = file.data.iter().find(|v| !(0.0..=1.0).contains(*v)) {
         return Err(source_error(path, format!("intensity {v} is outside 0..1")));
     }
-    Ok(file
-        .data
-        .chunks(area)
-        .map(|pixels| Digit {
-            label,
-            pixels: pixels.to_vec(),
-        })
-        .collect())
+    Ok(file.data.chunks(area).map(|pixels| Digit { label, pixels: pixels.to_vec() }).collect())
 }
 
 /// Reads a whole file, gunzipping it when it starts with the gzip magic bytes.
@@ -190,10 +167,7 @@ fn read_idx(images_path: &Path, labels_path: &Path) -> Result<Vec<Digit>, Source
         ));
     }
     if let Some(bad) = labels.iter().find(|&&l| l > 9) {
-        return Err(source_error(
-            labels_path,
-            format!("label {bad} is not a digit"),
-        ));
+        return Err(source_error(labels_path, format!("label {bad} is not a digit")));
     }
     let area = DIGIT_SIDE * DIGIT_SIDE;
     Ok(pixels
@@ -281,11 +255,7 @@ pub fn lift_digit<R: Rng + ?Sized>(
                 for _ in 0..count(config.depth, rng) {
                     let along = rng.random::<f32>();
                     let z = -half_depth + config.depth * rng.random::<f32>();
-                    cloud.push(if fixed_x {
-                        [at, y0 + along, z]
-                    } else {
-                        [x0 + along, at, z]
-                    });
+                    cloud.push(if fixed_x { [at, y0 + along, z] } else { [x0 + along, at, z] });
                 }
             }
         }
@@ -366,10 +336,7 @@ pub fn stratified_split(
     let taken = apportion(wanted, &sizes);
     let tested = apportion(split.test, &taken);
 
-    let (mut train, mut test) = (
-        Vec::with_capacity(split.train),
-        Vec::with_capacity(split.test),
-    );
+    let (mut train, mut test) = (Vec::with_capacity(split.train), Vec::with_capacity(split.test));
     for ((members, &take), &to_test) in classes.iter().zip(&taken).zip(&tested) {
         test.extend(&members[..to_test]);
         train.extend(&members[to_test..take]);
@@ -429,11 +396,8 @@ pub fn write_lifted_dataset(
         });
     }
     let (seed, config) = (plan.seed, &plan.config);
-    let (train, test) =
-        stratified_split(digits, plan.split, seed).map_err(|detail| DataError::Write {
-            path: out.to_owned(),
-            detail,
-        })?;
+    let (train, test) = stratified_split(digits, plan.split, seed)
+        .map_err(|detail| DataError::Write { path: out.to_owned(), detail })?;
 
     let lift = |indices: &[usize], first_id: usize| -> Vec<(u32, u8, Vec<Point>)> {
         indices
@@ -510,10 +474,7 @@ mod tests {
     }
 
     fn unrotated() -> LiftConfig {
-        LiftConfig {
-            rotation: RotationDistribution::None,
-            ..LiftConfig::default()
-        }
+        LiftConfig { rotation: RotationDistribution::None, ..LiftConfig::default() }
     }
 
     #[test]
@@ -525,14 +486,9 @@ mod tests {
         // point is on a side face strictly between them.
         let scale = DIGIT_SIDE as f32 / 1.5;
         let z: Vec<f32> = cloud.iter().map(|p| p[2] * scale).collect();
-        let (lo, hi) = z
-            .iter()
-            .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (lo, hi) = z.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         assert!(((hi - lo) - config.depth).abs() < 1e-3, "{lo} .. {hi}");
-        let z_face = z
-            .iter()
-            .filter(|&&v| (v - lo).abs() < 1e-3 || (v - hi).abs() < 1e-3)
-            .count();
+        let z_face = z.iter().filter(|&&v| (v - lo).abs() < 1e-3 || (v - hi).abs() < 1e-3).count();
         // 9 lit pixels with 2 faces of area 1 each at density 8: 144 points on the front and
         // back. The plus has 36 - 2 * 8 = 20 outer side faces (8 pairs of lit neighbours hide
         // two faces each) of area 2 (the depth): 320 points.
@@ -564,15 +520,7 @@ mod tests {
     #[test]
     fn the_split_is_stratified_and_disjoint() {
         let digits: Vec<Digit> = (0..1000).map(|i| plus((i % 10) as u8)).collect();
-        let (train, test) = stratified_split(
-            &digits,
-            Split {
-                train: 400,
-                test: 100,
-            },
-            9,
-        )
-        .unwrap();
+        let (train, test) = stratified_split(&digits, Split { train: 400, test: 100 }, 9).unwrap();
         assert_eq!((train.len(), test.len()), (400, 100));
         let mut all: Vec<usize> = train.iter().chain(&test).copied().collect();
         all.sort_unstable();
@@ -583,17 +531,7 @@ mod tests {
             assert_eq!(count(&train), 40, "label {label}");
             assert_eq!(count(&test), 10, "label {label}");
         }
-        assert!(
-            stratified_split(
-                &digits,
-                Split {
-                    train: 1000,
-                    test: 1
-                },
-                9
-            )
-            .is_err()
-        );
+        assert!(stratified_split(&digits, Split { train: 1000, test: 1 }, 9).is_err());
     }
 
     #[test]
@@ -618,14 +556,9 @@ mod tests {
     #[test]
     fn json_digits_take_their_label_from_the_file_name() {
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<f32> = (0..2 * 784)
-            .map(|i| if i == 3 { 0.5 } else { 0.0 })
-            .collect();
-        fs::write(
-            dir.path().join("4.json"),
-            serde_json::json!({ "data": data }).to_string(),
-        )
-        .unwrap();
+        let data: Vec<f32> = (0..2 * 784).map(|i| if i == 3 { 0.5 } else { 0.0 }).collect();
+        fs::write(dir.path().join("4.json"), serde_json::json!({ "data": data }).to_string())
+            .unwrap();
         let digits = read_digits(dir.path(), None).unwrap();
         assert_eq!(digits.len(), 2);
         assert!(digits.iter().all(|d| d.label == 4));

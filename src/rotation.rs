@@ -27,11 +27,7 @@ pub struct Angles {
 
 impl Angles {
     /// No rotation at all.
-    pub const ZERO: Angles = Angles {
-        a: 0.0,
-        b: 0.0,
-        c: 0.0,
-    };
+    pub const ZERO: Angles = Angles { a: 0.0, b: 0.0, c: 0.0 };
 
     /// Angles from their three values in radians.
     pub const fn new(a: f64, b: f64, c: f64) -> Self {
@@ -83,25 +79,24 @@ impl Default for Rotation {
 
 impl Rotation {
     /// The rotation that leaves every point where it is.
-    pub const IDENTITY: Rotation = Rotation {
-        m: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
-    };
+    pub const IDENTITY: Rotation =
+        Rotation { m: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] };
 
     /// `Rx(a) · Ry(b) · Rz(c)`.
     pub fn from_angles(angles: Angles) -> Self {
         let (sa, ca) = angles.a.sin_cos();
         let (sb, cb) = angles.b.sin_cos();
         let (sc, cc) = angles.c.sin_cos();
-        let rx = Rotation {
-            m: [[1.0, 0.0, 0.0], [0.0, ca, -sa], [0.0, sa, ca]],
-        };
-        let ry = Rotation {
-            m: [[cb, 0.0, sb], [0.0, 1.0, 0.0], [-sb, 0.0, cb]],
-        };
-        let rz = Rotation {
-            m: [[cc, -sc, 0.0], [sc, cc, 0.0], [0.0, 0.0, 1.0]],
-        };
+        let rx = Rotation { m: [[1.0, 0.0, 0.0], [0.0, ca, -sa], [0.0, sa, ca]] };
+        let ry = Rotation { m: [[cb, 0.0, sb], [0.0, 1.0, 0.0], [-sb, 0.0, cb]] };
+        let rz = Rotation { m: [[cc, -sc, 0.0], [sc, cc, 0.0], [0.0, 0.0, 1.0]] };
         rx.then_apply(&ry).then_apply(&rz)
+    }
+
+    /// The rotation whose matrix has these rows, which must be orthonormal and right-handed (as
+    /// the rows of every rotation are).
+    pub fn from_rows(rows: [[f64; 3]; 3]) -> Rotation {
+        Rotation { m: rows }
     }
 
     /// The matrix product `self · other`: the rotation that applies `other` first, then `self`.
@@ -118,9 +113,7 @@ impl Rotation {
     /// The inverse rotation (the transpose).
     pub fn inverse(&self) -> Rotation {
         let m = self.m;
-        Rotation {
-            m: [0, 1, 2].map(|i| [m[0][i], m[1][i], m[2][i]]),
-        }
+        Rotation { m: [0, 1, 2].map(|i| [m[0][i], m[1][i], m[2][i]]) }
     }
 
     /// The matrix, row by row.
@@ -272,11 +265,7 @@ mod tests {
         // Written out: M = Rx(a)·Ry(b)·Rz(c) for a = 0.3, b = -1.1, c = 2.0 at one point.
         let (a, b, c) = (0.3f64, -1.1f64, 2.0f64);
         let p = [0.2f64, -0.4, 0.6];
-        let after_z = [
-            c.cos() * p[0] - c.sin() * p[1],
-            c.sin() * p[0] + c.cos() * p[1],
-            p[2],
-        ];
+        let after_z = [c.cos() * p[0] - c.sin() * p[1], c.sin() * p[0] + c.cos() * p[1], p[2]];
         let after_y = [
             b.cos() * after_z[0] + b.sin() * after_z[2],
             after_z[1],
@@ -333,10 +322,8 @@ mod tests {
         let mut counts = [0usize; 4];
         let n = 40_000;
         for _ in 0..n {
-            let z = RotationDistribution::Uniform
-                .sample(&mut rng)
-                .rotation()
-                .apply([0.0, 0.0, 1.0])[2];
+            let z =
+                RotationDistribution::Uniform.sample(&mut rng).rotation().apply([0.0, 0.0, 1.0])[2];
             counts[(((z + 1.0) * 2.0) as usize).min(3)] += 1;
         }
         for count in counts {
@@ -347,10 +334,7 @@ mod tests {
 
     #[test]
     fn angles_and_distributions_parse_and_print() {
-        assert_eq!(
-            "0.5, -1, 2".parse::<Angles>(),
-            Ok(Angles::new(0.5, -1.0, 2.0))
-        );
+        assert_eq!("0.5, -1, 2".parse::<Angles>(), Ok(Angles::new(0.5, -1.0, 2.0)));
         assert!("1,2".parse::<Angles>().is_err());
         assert!("1,nan,2".parse::<Angles>().is_err());
         for text in ["none", "uniform", "pi-over-k:32", "pi-over-k:5"] {

@@ -53,21 +53,9 @@ pub struct Projection {
 
 /// The projections in the order their views appear.
 pub const PROJECTIONS: [Projection; 3] = [
-    Projection {
-        name: "xy",
-        row_axis: 0,
-        col_axis: 1,
-    },
-    Projection {
-        name: "xz",
-        row_axis: 0,
-        col_axis: 2,
-    },
-    Projection {
-        name: "yz",
-        row_axis: 1,
-        col_axis: 2,
-    },
+    Projection { name: "xy", row_axis: 0, col_axis: 1 },
+    Projection { name: "xz", row_axis: 0, col_axis: 2 },
+    Projection { name: "yz", row_axis: 1, col_axis: 2 },
 ];
 
 /// What one of the 24 views shows: which projection, mirrored or not, turned how far.
@@ -88,10 +76,7 @@ impl ViewKind {
     ///
     /// When `index >= VIEW_COUNT`.
     pub fn of(index: usize) -> Self {
-        assert!(
-            index < VIEW_COUNT,
-            "view index {index} out of 0..{VIEW_COUNT}"
-        );
+        assert!(index < VIEW_COUNT, "view index {index} out of 0..{VIEW_COUNT}");
         ViewKind {
             projection: PROJECTIONS[index / 8],
             mirrored: index % 2 == 1,
@@ -102,31 +87,20 @@ impl ViewKind {
     /// A label such as `xz mirrored 90°`.
     pub fn label(&self) -> String {
         let flip = if self.mirrored { "mirrored" } else { "plain" };
-        format!(
-            "{} {flip} {}°",
-            self.projection.name,
-            90 * u32::from(self.turns)
-        )
+        format!("{} {flip} {}°", self.projection.name, 90 * u32::from(self.turns))
     }
 
     /// A file-name stem such as `xz-mirrored-090`.
     pub fn file_stem(&self) -> String {
         let flip = if self.mirrored { "mirrored" } else { "plain" };
-        format!(
-            "{}-{flip}-{:03}",
-            self.projection.name,
-            90 * u32::from(self.turns)
-        )
+        format!("{}-{flip}-{:03}", self.projection.name, 90 * u32::from(self.turns))
     }
 }
 
 /// Where each view sits in the grid: the row and column of its top-left pixel.
 pub fn cell_origin(index: usize, size: usize) -> (usize, usize) {
     let pitch = size + CELL_GAP;
-    (
-        BORDER + index / CELLS_PER_ROW * pitch,
-        BORDER + index % CELLS_PER_ROW * pitch,
-    )
+    (BORDER + index / CELLS_PER_ROW * pitch, BORDER + index % CELLS_PER_ROW * pitch)
 }
 
 /// Adding and subtracting 1.5 * 2^23 rounds any |x| < 2^22 to the nearest integer, ties to
@@ -254,14 +228,8 @@ impl Boards {
     ///
     /// When `size` is 0 or above [`MAX_VIEW_SIZE`].
     pub fn new(size: usize) -> Self {
-        assert!(
-            (1..=MAX_VIEW_SIZE).contains(&size),
-            "view size {size} out of 1..={MAX_VIEW_SIZE}"
-        );
-        Boards {
-            size,
-            rows: [[0; MAX_VIEW_SIZE]; 3],
-        }
+        assert!((1..=MAX_VIEW_SIZE).contains(&size), "view size {size} out of 1..={MAX_VIEW_SIZE}");
+        Boards { size, rows: [[0; MAX_VIEW_SIZE]; 3] }
     }
 
     /// The boards of `cloud` (see [`Boards::new`] for the panics).
@@ -308,10 +276,8 @@ impl Boards {
         *yz = [0; MAX_VIEW_SIZE];
         for (x, column) in volume.chunks_exact(MAX_VIEW_SIZE).take(s).enumerate() {
             let column = &column[..s];
-            xy[x] = column
-                .iter()
-                .enumerate()
-                .fold(0, |bits, (y, &zs)| bits | u64::from(zs != 0) << y);
+            xy[x] =
+                column.iter().enumerate().fold(0, |bits, (y, &zs)| bits | u64::from(zs != 0) << y);
             xz[x] = column.iter().fold(0, |bits, &zs| bits | zs);
             for (bits, &zs) in yz.iter_mut().zip(column) {
                 *bits |= zs;
@@ -331,10 +297,7 @@ impl Boards {
 
     /// The number of lit pixels of board `projection`.
     pub fn lit_count(&self, projection: usize) -> usize {
-        self.rows[projection]
-            .iter()
-            .map(|r| r.count_ones() as usize)
-            .sum()
+        self.rows[projection].iter().map(|r| r.count_ones() as usize).sum()
     }
 
     /// Calls `visit(view, row, bits)` for every row of every view.
@@ -378,10 +341,7 @@ impl Boards {
     pub fn views(&self) -> Views {
         let mut pixels = vec![0u8; VIEW_COUNT * self.size * self.size];
         self.write_views(&mut pixels, 1);
-        Views {
-            size: self.size,
-            pixels,
-        }
+        Views { size: self.size, pixels }
     }
 
     /// Writes the 24 views, view-major then row-major, into `out` (`24 * size * size` values):
@@ -392,11 +352,7 @@ impl Boards {
     /// When `out` has the wrong length.
     pub fn write_views<T: Copy + Default>(&self, out: &mut [T], on: T) {
         let area = self.size * self.size;
-        assert_eq!(
-            out.len(),
-            VIEW_COUNT * area,
-            "views buffer has the wrong length"
-        );
+        assert_eq!(out.len(), VIEW_COUNT * area, "views buffer has the wrong length");
         out.fill(T::default());
         let size = self.size;
         self.for_each_lit_view_pixel(|view, row, col| out[view * area + row * size + col] = on);
@@ -536,20 +492,14 @@ pub fn grid_of(cloud: &[Point]) -> Grid {
 /// When `out` does not hold exactly one grid per cloud, or `size` is out of range.
 pub fn write_grids(clouds: &[&[Point]], size: usize, out: &mut [f32]) {
     let area = grid_side(size) * grid_side(size);
-    assert_eq!(
-        out.len(),
-        clouds.len() * area,
-        "grid batch buffer has the wrong length"
+    assert_eq!(out.len(), clouds.len() * area, "grid batch buffer has the wrong length");
+    out.par_chunks_mut(area).zip(clouds.par_iter()).for_each_init(
+        || Boards::new(size),
+        |boards, (grid, cloud)| {
+            boards.fill(cloud);
+            boards.write_grid(grid, 1.0);
+        },
     );
-    out.par_chunks_mut(area)
-        .zip(clouds.par_iter())
-        .for_each_init(
-            || Boards::new(size),
-            |boards, (grid, cloud)| {
-                boards.fill(cloud);
-                boards.write_grid(grid, 1.0);
-            },
-        );
 }
 
 #[cfg(test)]
@@ -566,13 +516,7 @@ mod tests {
         (0..boards.size())
             .map(|r| {
                 (0..boards.size())
-                    .map(|c| {
-                        if boards.is_lit(projection, r, c) {
-                            '#'
-                        } else {
-                            '.'
-                        }
-                    })
+                    .map(|c| if boards.is_lit(projection, r, c) { '#' } else { '.' })
                     .collect()
             })
             .collect()
@@ -582,11 +526,7 @@ mod tests {
         views
             .view(index)
             .chunks(views.size())
-            .map(|row| {
-                row.iter()
-                    .map(|&v| if v == 1 { '#' } else { '.' })
-                    .collect()
-            })
+            .map(|row| row.iter().map(|&v| if v == 1 { '#' } else { '.' }).collect())
             .collect()
     }
 
@@ -667,10 +607,7 @@ mod tests {
     #[test]
     fn boards_project_onto_xy_xz_and_yz() {
         // One point at pixels x = 0, y = 1, z = 3 and one at x = 2, y = 2, z = 0.
-        let cloud = [
-            [at(0, 4), at(1, 4), at(3, 4)],
-            [at(2, 4), at(2, 4), at(0, 4)],
-        ];
+        let cloud = [[at(0, 4), at(1, 4), at(3, 4)], [at(2, 4), at(2, 4), at(0, 4)]];
         let boards = Boards::from_cloud(&cloud, 4);
         assert_eq!(board_text(&boards, 0), [".#..", "....", "..#.", "...."]);
         assert_eq!(board_text(&boards, 1), ["...#", "....", "#...", "...."]);
@@ -714,21 +651,13 @@ mod tests {
     fn turning_a_view_four_times_gives_it_back() {
         // View 2k+2 is view 2k turned once more, so turning view 6 once must give view 0 again.
         let cloud: Vec<Point> = (0..40)
-            .map(|i| {
-                [
-                    ((i * 7) % 13) as f32 * 0.1 - 0.6,
-                    ((i * 5) % 11) as f32 * 0.1 - 0.5,
-                    0.0,
-                ]
-            })
+            .map(|i| [((i * 7) % 13) as f32 * 0.1 - 0.6, ((i * 5) % 11) as f32 * 0.1 - 0.5, 0.0])
             .collect();
         let views = Boards::from_cloud(&cloud, 46).views();
         let n = 46;
         let turn = |img: &[u8]| -> Vec<u8> {
             // numpy rot90 once: new[i][j] = old[j][n - 1 - i].
-            (0..n * n)
-                .map(|k| img[(k % n) * n + (n - 1 - k / n)])
-                .collect()
+            (0..n * n).map(|k| img[(k % n) * n + (n - 1 - k / n)]).collect()
         };
         for start in [0, 1] {
             let mut img = views.view(start).to_vec();
@@ -786,11 +715,7 @@ mod tests {
         let cloud = [[0.74, -0.74, 0.1]];
         let views = Boards::from_cloud(&cloud, 46).views();
         for index in 0..VIEW_COUNT {
-            assert_eq!(
-                views.view(index).iter().filter(|&&v| v == 1).count(),
-                1,
-                "view {index}"
-            );
+            assert_eq!(views.view(index).iter().filter(|&&v| v == 1).count(), 1, "view {index}");
         }
     }
 
@@ -807,11 +732,7 @@ mod tests {
         let mut out = vec![0.5f32; 2 * 256 * 256];
         write_grids(&clouds, 46, &mut out);
         for (cloud, block) in clouds.iter().zip(out.chunks(256 * 256)) {
-            let want: Vec<f32> = grid_of(cloud)
-                .as_slice()
-                .iter()
-                .map(|&v| f32::from(v))
-                .collect();
+            let want: Vec<f32> = grid_of(cloud).as_slice().iter().map(|&v| f32::from(v)).collect();
             assert_eq!(block, want.as_slice());
         }
     }

@@ -52,19 +52,12 @@ fn json_digits(dir: &Path, per_label: usize) {
 
 #[test]
 fn every_command_has_help() {
-    for command in [
-        vec!["--help"],
-        vec!["info", "--help"],
-        vec!["views", "--help"],
-        vec!["lift", "--help"],
-    ] {
+    for command in
+        [vec!["--help"], vec!["info", "--help"], vec!["views", "--help"], vec!["lift", "--help"]]
+    {
         let output = digit3d(&command);
         assert!(output.status.success(), "{command:?}");
-        assert!(
-            stdout(&output).contains("Usage: digit3d"),
-            "{command:?}: {}",
-            stdout(&output)
-        );
+        assert!(stdout(&output).contains("Usage: digit3d"), "{command:?}: {}", stdout(&output));
     }
 }
 
@@ -77,10 +70,7 @@ fn info_summarises_the_bundled_sample() {
     let train = dataset.train.as_ref().unwrap();
     let test = dataset.test.as_ref().unwrap();
     assert!(
-        text.contains(&format!(
-            "(train, labels from train.csv): {} clouds",
-            train.len()
-        )),
+        text.contains(&format!("(train, labels from train.csv): {} clouds", train.len())),
         "{text}"
     );
     assert!(
@@ -130,12 +120,8 @@ fn views_writes_the_grid_the_library_computes() {
     assert_eq!(png.dimensions(), (256, 256));
     assert!(png.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
     let rotated = Angles::new(-0.5, 1.25, 3.0).rotation().rotate(sample.cloud);
-    let want: Vec<u8> = Boards::from_cloud(&rotated, VIEW_SIZE)
-        .grid()
-        .as_slice()
-        .iter()
-        .map(|v| v * 255)
-        .collect();
+    let want: Vec<u8> =
+        Boards::from_cloud(&rotated, VIEW_SIZE).grid().as_slice().iter().map(|v| v * 255).collect();
     assert_eq!(png.as_raw(), &want);
 
     let mut names: Vec<String> = fs::read_dir(&views_dir)
@@ -146,33 +132,16 @@ fn views_writes_the_grid_the_library_computes() {
     assert_eq!(names.len(), 24);
     assert_eq!(names[0], "00-xy-plain-000.png");
     assert_eq!(names[23], "23-yz-mirrored-270.png");
-    assert_eq!(
-        image::open(views_dir.join(&names[5]))
-            .unwrap()
-            .to_luma8()
-            .dimensions(),
-        (46, 46)
-    );
+    assert_eq!(image::open(views_dir.join(&names[5])).unwrap().to_luma8().dimensions(), (46, 46));
 }
 
 #[test]
 fn views_of_an_unknown_id_fails_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("grid.png");
-    let output = digit3d(&[
-        "views",
-        "data",
-        "--id",
-        "999999",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let output = digit3d(&["views", "data", "--id", "999999", "--out", out.to_str().unwrap()]);
     assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("no sample with ID 999999"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("no sample with ID 999999"), "{}", stderr(&output));
     assert!(!out.exists());
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
@@ -183,31 +152,17 @@ fn bad_paths_get_clear_errors() {
     let missing = dir.path().join("missing");
     let output = digit3d(&["info", missing.to_str().unwrap()]);
     assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("missing: no such file or folder"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("missing: no such file or folder"), "{}", stderr(&output));
 
     let fake = dir.path().join("train.h5");
     fs::write(&fake, b"not hdf5 at all").unwrap();
     let output = digit3d(&["info", fake.to_str().unwrap()]);
     assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("train.h5: not an HDF5 file"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("train.h5: not an HDF5 file"), "{}", stderr(&output));
 
-    let output = digit3d(&[
-        "views", "data", "--id", "0", "--rotate", "1,2", "--out", "x.png",
-    ]);
+    let output = digit3d(&["views", "data", "--id", "0", "--rotate", "1,2", "--out", "x.png"]);
     assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("expected three angles"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("expected three angles"), "{}", stderr(&output));
 }
 
 #[test]
@@ -245,15 +200,7 @@ fn lift_makes_a_dataset_in_the_dacon_layout() {
     assert_eq!(ids, (0..50).collect::<Vec<u32>>());
     assert!(test.ids().iter().all(|&id| id >= 40));
     for label in 0..10u8 {
-        assert_eq!(
-            train
-                .labels()
-                .unwrap()
-                .iter()
-                .filter(|&&l| l == label)
-                .count(),
-            4
-        );
+        assert_eq!(train.labels().unwrap().iter().filter(|&&l| l == label).count(), 4);
     }
     for name in ["test_labels.csv", "lift.json"] {
         assert!(out.join(name).exists(), "{name}");
@@ -262,11 +209,7 @@ fn lift_makes_a_dataset_in_the_dacon_layout() {
     // The same command again refuses to overwrite; with --force it replaces the folder whole.
     let again = digit3d(&args);
     assert!(!again.status.success());
-    assert!(
-        stderr(&again).contains("already exists"),
-        "{}",
-        stderr(&again)
-    );
+    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
     let mut forced = args.to_vec();
     forced.push("--force");
     assert!(digit3d(&forced).status.success());

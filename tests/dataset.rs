@@ -14,15 +14,7 @@ const STRICT: LoadOptions = LoadOptions { strict: true };
 
 /// A small cloud that differs per ID.
 fn cloud(id: u32, n: usize) -> Vec<Point> {
-    (0..n)
-        .map(|k| {
-            [
-                id as f32 * 0.01,
-                k as f32 * 0.001 - 0.2,
-                -(k as f32) * 0.002,
-            ]
-        })
-        .collect()
+    (0..n).map(|k| [id as f32 * 0.01, k as f32 * 0.001 - 0.2, -(k as f32) * 0.002]).collect()
 }
 
 /// A folder with train.h5 (IDs 0..4, labels id % 10) and train.csv.
@@ -36,22 +28,14 @@ fn train_folder() -> tempfile::TempDir {
         Storage::Plain,
     )
     .unwrap();
-    write_labels(
-        &dir.path().join("train.csv"),
-        (0..4).map(|id| (id, (id % 10) as u8)),
-    )
-    .unwrap();
+    write_labels(&dir.path().join("train.csv"), (0..4).map(|id| (id, (id % 10) as u8))).unwrap();
     dir
 }
 
 /// Adds raw datasets to an HDF5 file with the hdf5 crate directly.
 fn with_file(path: &Path, edit: impl FnOnce(&hdf5::File)) {
-    let file = if path.exists() {
-        hdf5::File::append(path)
-    } else {
-        hdf5::File::create(path)
-    }
-    .unwrap();
+    let file =
+        if path.exists() { hdf5::File::append(path) } else { hdf5::File::create(path) }.unwrap();
     edit(&file);
     file.close().unwrap();
 }
@@ -62,12 +46,7 @@ fn expect_skip(dir: &Path, want_id: &str, want: impl Fn(&SampleProblem) -> bool)
     assert_eq!(skipped.len(), 1, "{:?}", report.skipped);
     assert!(want(&skipped[0].problem), "{:?}", skipped[0].problem);
     assert!(
-        dataset
-            .train
-            .as_ref()
-            .unwrap()
-            .position(want_id.parse().unwrap_or(u32::MAX))
-            .is_none()
+        dataset.train.as_ref().unwrap().position(want_id.parse().unwrap_or(u32::MAX)).is_none()
     );
 
     // In strict mode the same sample stops loading, with a message naming file and sample.
@@ -99,18 +78,9 @@ fn compressed_and_float64_clouds_read_as_float32() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("train.h5");
     write_clouds(&path, [(0, cloud(0, 4).as_slice())], Storage::Deflate(4)).unwrap();
-    let wide: Vec<f64> = cloud(1, 3)
-        .as_flattened()
-        .iter()
-        .map(|&v| f64::from(v))
-        .collect();
+    let wide: Vec<f64> = cloud(1, 3).as_flattened().iter().map(|&v| f64::from(v)).collect();
     with_file(&path, |f| {
-        f.new_dataset::<f64>()
-            .shape([3, 3])
-            .create("1")
-            .unwrap()
-            .write_raw(&wide)
-            .unwrap();
+        f.new_dataset::<f64>().shape([3, 3]).create("1").unwrap().write_raw(&wide).unwrap();
     });
     let (dataset, _) = Dataset::open(&path, STRICT).unwrap();
     let train = dataset.train.unwrap();
@@ -122,11 +92,7 @@ fn compressed_and_float64_clouds_read_as_float32() {
 #[test]
 fn the_csv_gives_the_order_and_test_ids_follow_the_submission_template() {
     let dir = train_folder();
-    write_labels(
-        &dir.path().join("train.csv"),
-        [(3, 7), (1, 2), (0, 0), (2, 9)],
-    )
-    .unwrap();
+    write_labels(&dir.path().join("train.csv"), [(3, 7), (1, 2), (0, 0), (2, 9)]).unwrap();
     let test: Vec<(u32, Vec<Point>)> = (10..13).map(|id| (id, cloud(id, 2))).collect();
     write_clouds(
         &dir.path().join("test.h5"),
@@ -134,11 +100,7 @@ fn the_csv_gives_the_order_and_test_ids_follow_the_submission_template() {
         Storage::Plain,
     )
     .unwrap();
-    write_labels(
-        &dir.path().join("sample_submission.csv"),
-        [(12, 0), (10, 0), (11, 0)],
-    )
-    .unwrap();
+    write_labels(&dir.path().join("sample_submission.csv"), [(12, 0), (10, 0), (11, 0)]).unwrap();
 
     let (dataset, _) = Dataset::open(dir.path(), STRICT).unwrap();
     let train = dataset.train.as_ref().unwrap();
@@ -148,26 +110,17 @@ fn the_csv_gives_the_order_and_test_ids_follow_the_submission_template() {
     let test = dataset.test.as_ref().unwrap();
     assert_eq!(test.ids(), [12, 10, 11]);
     assert_eq!(test.labels(), None);
-    assert_eq!(
-        dataset.find(11).map(|(set, i)| (set.role(), i)),
-        Some((Role::Test, 2))
-    );
+    assert_eq!(dataset.find(11).map(|(set, i)| (set.role(), i)), Some((Role::Test, 2)));
 }
 
 #[test]
 fn one_sample_reads_without_the_rest() {
     let dir = train_folder();
     let sample = Dataset::read_sample(dir.path(), 2).unwrap();
-    assert_eq!(
-        (sample.id, sample.label, sample.role),
-        (2, Some(2), Role::Train)
-    );
+    assert_eq!((sample.id, sample.label, sample.role), (2, Some(2), Role::Train));
     assert_eq!(sample.cloud, cloud(2, 7));
     let err = Dataset::read_sample(dir.path(), 99).unwrap_err();
-    assert!(
-        matches!(err, DataError::UnknownId { id: 99, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, DataError::UnknownId { id: 99, .. }), "{err:?}");
 }
 
 #[test]
@@ -193,10 +146,7 @@ fn a_file_that_is_not_hdf5_is_refused() {
     fs::write(&path, "ID,label\n1,2\n").unwrap();
     let err = Dataset::open(&path, LENIENT).unwrap_err();
     assert!(matches!(err, DataError::NotHdf5 { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("train.h5: not an HDF5 file"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("train.h5: not an HDF5 file"), "{err}");
 }
 
 #[test]
@@ -215,12 +165,7 @@ fn a_cloud_that_is_not_n_by_3_is_skipped() {
     let dir = train_folder();
     with_file(&dir.path().join("train.h5"), |f| {
         f.unlink("2").unwrap();
-        f.new_dataset::<f32>()
-            .shape([4, 2])
-            .create("2")
-            .unwrap()
-            .write_raw(&[0.0f32; 8])
-            .unwrap();
+        f.new_dataset::<f32>().shape([4, 2]).create("2").unwrap().write_raw(&[0.0f32; 8]).unwrap();
     });
     expect_skip(dir.path(), "2", |p| *p == SampleProblem::Shape(vec![4, 2]));
 }
@@ -230,10 +175,7 @@ fn a_non_numeric_cloud_is_skipped() {
     let dir = train_folder();
     with_file(&dir.path().join("train.h5"), |f| {
         f.unlink("1").unwrap();
-        f.new_dataset::<hdf5::types::VarLenUnicode>()
-            .shape([2, 3])
-            .create("1")
-            .unwrap();
+        f.new_dataset::<hdf5::types::VarLenUnicode>().shape([2, 3]).create("1").unwrap();
     });
     expect_skip(dir.path(), "1", |p| matches!(p, SampleProblem::DataType(_)));
 }
@@ -256,16 +198,9 @@ fn nan_and_infinite_coordinates_are_skipped() {
         values[7] = bad;
         with_file(&dir.path().join("train.h5"), |f| {
             f.unlink(id).unwrap();
-            f.new_dataset::<f64>()
-                .shape([4, 3])
-                .create(id)
-                .unwrap()
-                .write_raw(&values)
-                .unwrap();
+            f.new_dataset::<f64>().shape([4, 3]).create(id).unwrap().write_raw(&values).unwrap();
         });
-        expect_skip(dir.path(), id, |p| {
-            matches!(p, SampleProblem::NotFinite { point: 2, .. })
-        });
+        expect_skip(dir.path(), id, |p| matches!(p, SampleProblem::NotFinite { point: 2, .. }));
     }
 }
 
@@ -273,27 +208,17 @@ fn nan_and_infinite_coordinates_are_skipped() {
 fn members_that_are_not_samples_are_skipped() {
     let dir = train_folder();
     with_file(&dir.path().join("train.h5"), |f| {
-        f.new_dataset::<f32>()
-            .shape([1, 3])
-            .create("extra")
-            .unwrap();
+        f.new_dataset::<f32>().shape([1, 3]).create("extra").unwrap();
     });
     let (_, report) = Dataset::open(dir.path(), LENIENT).unwrap();
     assert_eq!(report.skipped.len(), 1);
-    assert!(matches!(
-        report.skipped[0].problem,
-        SampleProblem::NotASample(_)
-    ));
+    assert!(matches!(report.skipped[0].problem, SampleProblem::NotASample(_)));
 }
 
 #[test]
 fn ids_the_csv_lists_but_the_file_lacks_are_skipped() {
     let dir = train_folder();
-    write_labels(
-        &dir.path().join("train.csv"),
-        [(0, 0), (1, 1), (2, 2), (3, 3), (42, 5)],
-    )
-    .unwrap();
+    write_labels(&dir.path().join("train.csv"), [(0, 0), (1, 1), (2, 2), (3, 3), (42, 5)]).unwrap();
     expect_skip(
         dir.path(),
         "42",
@@ -305,9 +230,7 @@ fn ids_the_csv_lists_but_the_file_lacks_are_skipped() {
 fn clouds_the_csv_lacks_are_skipped() {
     let dir = train_folder();
     write_labels(&dir.path().join("train.csv"), [(0, 0), (1, 1), (3, 3)]).unwrap();
-    expect_skip(dir.path(), "2", |p| {
-        matches!(p, SampleProblem::NotListed { .. })
-    });
+    expect_skip(dir.path(), "2", |p| matches!(p, SampleProblem::NotListed { .. }));
 }
 
 #[test]
@@ -318,21 +241,14 @@ fn a_file_with_no_usable_cloud_is_an_error() {
         f.new_dataset::<f32>().shape([0, 3]).create("0").unwrap();
     });
     let err = Dataset::open(&path, LENIENT).unwrap_err();
-    assert!(
-        matches!(err, DataError::NoSamples { skipped: 1, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, DataError::NoSamples { skipped: 1, .. }), "{err:?}");
 }
 
 fn csv_error(text: &str) -> (PathBuf, u64, CsvProblem) {
     let dir = train_folder();
     fs::write(dir.path().join("train.csv"), text).unwrap();
     match Dataset::open(dir.path(), LENIENT).unwrap_err() {
-        DataError::Csv {
-            path,
-            line,
-            problem,
-        } => {
+        DataError::Csv { path, line, problem } => {
             assert!(path.ends_with("train.csv"));
             (path, line, problem)
         }
@@ -343,39 +259,13 @@ fn csv_error(text: &str) -> (PathBuf, u64, CsvProblem) {
 #[test]
 fn bad_csv_files_stop_loading_with_the_line() {
     let (_, line, problem) = csv_error("Id,Label\n0,0\n");
-    assert_eq!(
-        (line, problem),
-        (
-            1,
-            CsvProblem::Header {
-                found: "Id,Label".into()
-            }
-        )
-    );
+    assert_eq!((line, problem), (1, CsvProblem::Header { found: "Id,Label".into() }));
     let (_, line, problem) = csv_error("ID,label\n0,0\nx1,1\n");
     assert_eq!((line, problem), (3, CsvProblem::BadId("x1".into())));
     let (_, line, problem) = csv_error("ID,label\n0,0\n1,1\n0,4\n");
-    assert_eq!(
-        (line, problem),
-        (
-            4,
-            CsvProblem::DuplicateId {
-                id: 0,
-                first_line: 2
-            }
-        )
-    );
+    assert_eq!((line, problem), (4, CsvProblem::DuplicateId { id: 0, first_line: 2 }));
     let (_, line, problem) = csv_error("ID,label\n0,0\n1,-1\n");
-    assert_eq!(
-        (line, problem),
-        (
-            3,
-            CsvProblem::BadLabel {
-                id: 1,
-                label: "-1".into()
-            }
-        )
-    );
+    assert_eq!((line, problem), (3, CsvProblem::BadLabel { id: 1, label: "-1".into() }));
 }
 
 #[test]

@@ -43,29 +43,18 @@ fn tiny_set(n: usize) -> Arc<CloudSet> {
     let samples = (0..n)
         .map(|i| {
             let label = (i % 4) as u8;
-            let (cloud, _): (Vec<Point>, _) = lift_digit(
-                &shape_digit(label),
-                &config,
-                &mut ChaCha8Rng::seed_from_u64(i as u64),
-            );
+            let (cloud, _): (Vec<Point>, _) =
+                lift_digit(&shape_digit(label), &config, &mut ChaCha8Rng::seed_from_u64(i as u64));
             (i as u32, Some(label), cloud)
         })
         .collect();
-    Arc::new(CloudSet::from_samples(
-        Role::Train,
-        "tiny/train.h5".into(),
-        samples,
-    ))
+    Arc::new(CloudSet::from_samples(Role::Train, "tiny/train.h5".into(), samples))
 }
 
 fn tiny_config(epochs: usize) -> TrainConfig {
     let mut config = TrainConfig::new(Architecture::Compact);
-    config.model.compact = CompactConfig {
-        stem: 8,
-        stem_kernel: 1,
-        stages: vec![12, 16],
-        depths: vec![1, 1],
-    };
+    config.model.compact =
+        CompactConfig { stem: 8, stem_kernel: 1, stages: vec![12, 16], depths: vec![1, 1] };
     config.epochs = epochs;
     config.batch = 8;
     config.lr = 1e-2;
@@ -108,16 +97,7 @@ fn run(
 }
 
 fn losses(events: &[Event]) -> Vec<f64> {
-    events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Step(s) = e {
-                Some(s.loss)
-            } else {
-                None
-            }
-        })
-        .collect()
+    events.iter().filter_map(|e| if let Event::Step(s) = e { Some(s.loss) } else { None }).collect()
 }
 
 #[test]
@@ -133,36 +113,14 @@ fn a_tiny_model_learns_and_reports_every_step() {
     assert!(last < 0.5 * first, "loss {first} -> {last}");
     let epochs: Vec<_> = events
         .iter()
-        .filter_map(|e| {
-            if let Event::Epoch(r) = e {
-                Some(r)
-            } else {
-                None
-            }
-        })
+        .filter_map(|e| if let Event::Epoch(r) = e { Some(r) } else { None })
         .collect();
     assert_eq!(epochs.len(), 6);
     let final_epoch = epochs.last().unwrap();
     assert_eq!(final_epoch.confusion.total(), 16);
-    assert!(
-        final_epoch.record.val_accuracy > 0.5,
-        "{:?}",
-        final_epoch.record
-    );
-    assert!(matches!(
-        events.last(),
-        Some(Event::Finished {
-            reason: Reason::Completed,
-            ..
-        })
-    ));
-    for name in [
-        "best.safetensors",
-        "best.json",
-        "last.safetensors",
-        "last.json",
-        "metrics.csv",
-    ] {
+    assert!(final_epoch.record.val_accuracy > 0.5, "{:?}", final_epoch.record);
+    assert!(matches!(events.last(), Some(Event::Finished { reason: Reason::Completed, .. })));
+    for name in ["best.safetensors", "best.json", "last.safetensors", "last.json", "metrics.csv"] {
         assert!(dir.path().join(name).exists(), "{name}");
     }
     let metrics = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
@@ -188,21 +146,10 @@ fn a_resumed_run_continues_exactly() {
 
     // The same run stopped after one epoch, then resumed from its last checkpoint.
     let split_dir = tempfile::tempdir().unwrap();
-    let mut resumed = losses(&run_for(
-        tiny_config(3),
-        &set,
-        Some(split_dir.path()),
-        None,
-        true,
-    ));
+    let mut resumed = losses(&run_for(tiny_config(3), &set, Some(split_dir.path()), None, true));
     let checkpoint = Checkpoint::read(&split_dir.path().join("last.safetensors")).unwrap();
     assert_eq!(checkpoint.meta.position.epoch, 1);
-    resumed.extend(losses(&run(
-        tiny_config(3),
-        &set,
-        Some(split_dir.path()),
-        Some(&checkpoint),
-    )));
+    resumed.extend(losses(&run(tiny_config(3), &set, Some(split_dir.path()), Some(&checkpoint))));
     assert_eq!(resumed, straight);
 
     let a = Checkpoint::read(&straight_dir.path().join("last.safetensors")).unwrap();
@@ -215,12 +162,7 @@ fn a_resumed_run_continues_exactly() {
     assert_eq!(wa, wb);
     assert_eq!(a.meta.history.len(), 3);
     let timeless = |h: &[EpochRecord]| {
-        h.iter()
-            .map(|r| EpochRecord {
-                seconds: 0.0,
-                ..r.clone()
-            })
-            .collect::<Vec<_>>()
+        h.iter().map(|r| EpochRecord { seconds: 0.0, ..r.clone() }).collect::<Vec<_>>()
     };
     assert_eq!(timeless(&b.meta.history), timeless(&a.meta.history));
 }
@@ -229,13 +171,8 @@ fn a_resumed_run_continues_exactly() {
 fn stop_ends_the_run_with_an_evaluation_and_a_checkpoint() {
     let set = tiny_set(64);
     let dir = tempfile::tempdir().unwrap();
-    let trainer = Trainer::new(
-        tiny_config(50),
-        Arc::clone(&set),
-        Some(dir.path().to_owned()),
-        None,
-    )
-    .unwrap();
+    let trainer =
+        Trainer::new(tiny_config(50), Arc::clone(&set), Some(dir.path().to_owned()), None).unwrap();
     let handle = trainer.spawn();
     let mut events = Vec::new();
     while let Some(event) = handle.next_event() {
@@ -245,13 +182,7 @@ fn stop_ends_the_run_with_an_evaluation_and_a_checkpoint() {
         events.push(event);
     }
     assert!(
-        matches!(
-            events.last(),
-            Some(Event::Finished {
-                reason: Reason::Stopped,
-                ..
-            })
-        ),
+        matches!(events.last(), Some(Event::Finished { reason: Reason::Stopped, .. })),
         "{:?}",
         events.last()
     );
@@ -269,28 +200,19 @@ fn bad_settings_and_checkpoints_are_refused_clearly() {
         "x/test.h5".into(),
         vec![(0, None, vec![[0.0; 3]])],
     ));
-    let err = Trainer::new(tiny_config(1), unlabelled, None, None)
-        .err()
-        .unwrap();
+    let err = Trainer::new(tiny_config(1), unlabelled, None, None).err().unwrap();
     assert!(matches!(err, TrainError::NoLabels(_)), "{err}");
     assert!(err.to_string().contains("no labels"));
 
     let mut no_val = tiny_config(1);
     no_val.val_fraction = 0.0;
-    let err = Trainer::new(no_val, Arc::clone(&set), None, None)
-        .err()
-        .unwrap();
-    assert!(
-        err.to_string().contains("validation split is empty"),
-        "{err}"
-    );
+    let err = Trainer::new(no_val, Arc::clone(&set), None, None).err().unwrap();
+    assert!(err.to_string().contains("validation split is empty"), "{err}");
 
     let mut cuda = tiny_config(1);
     cuda.device = DeviceChoice::Cuda;
     if !candle_core::utils::cuda_is_available() {
-        let err = Trainer::new(cuda, Arc::clone(&set), None, None)
-            .err()
-            .unwrap();
+        let err = Trainer::new(cuda, Arc::clone(&set), None, None).err().unwrap();
         assert!(err.to_string().contains("no CUDA support"), "{err}");
     }
 
@@ -307,10 +229,7 @@ fn bad_settings_and_checkpoints_are_refused_clearly() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("last.safetensors"), "{err}");
-    assert!(
-        err.to_string().contains("Xception") || err.to_string().contains("xception"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("Xception") || err.to_string().contains("xception"), "{err}");
 
     // A damaged checkpoint names itself.
     let corrupt = dir.path().join("corrupt.safetensors");
@@ -318,9 +237,5 @@ fn bad_settings_and_checkpoints_are_refused_clearly() {
     std::fs::write(&corrupt, &bytes[..bytes.len() / 3]).unwrap();
     let err = Checkpoint::read(&corrupt).err().unwrap();
     assert!(matches!(err, CheckpointError::Invalid { .. }), "{err}");
-    assert!(
-        err.to_string()
-            .contains("corrupt.safetensors: not a digit3d checkpoint"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("corrupt.safetensors: not a digit3d checkpoint"), "{err}");
 }

@@ -52,9 +52,7 @@ fn python_json(
     args: &[&OsStr],
     one_thread: bool,
 ) -> Result<serde_json::Value, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("benches")
-        .join(script);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches").join(script);
     let mut command = Command::new(python());
     command.arg(&script).args(args);
     if one_thread {
@@ -62,9 +60,7 @@ fn python_json(
             command.env(var, "1");
         }
     }
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python()))?;
+    let output = command.output().map_err(|e| format!("cannot run {}: {e}", python()))?;
     if !output.status.success() {
         return Err(format!(
             "{} failed (install what it imports: pip install numpy h5py tensorflow-cpu): {}",

@@ -44,11 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let (set, indices, what) = match &args.labels {
         Some(labels) => {
-            let h5 = if args.data.is_dir() {
-                args.data.join(TEST_H5)
-            } else {
-                args.data.clone()
-            };
+            let h5 = if args.data.is_dir() { args.data.join(TEST_H5) } else { args.data.clone() };
             let mut report = LoadReport::default();
             let set = CloudSet::load(
                 Role::Test,
@@ -59,19 +55,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )?;
             super::warn_skipped(&report);
             let all: Vec<usize> = (0..set.len()).collect();
-            (
-                set,
-                all,
-                format!("{} against {}", h5.display(), labels.display()),
-            )
+            (set, all, format!("{} against {}", h5.display(), labels.display()))
         }
         None => {
             let (dataset, report) = Dataset::open(&args.data, LoadOptions::default())
                 .with_context(|| format!("cannot load {}", args.data.display()))?;
             super::warn_skipped(&report);
-            let set = dataset
-                .train
-                .with_context(|| format!("{}: no train.h5", args.data.display()))?;
+            let set =
+                dataset.train.with_context(|| format!("{}: no train.h5", args.data.display()))?;
             let labels = set
                 .labels()
                 .with_context(|| format!("{}: no train.csv labels", args.data.display()))?;
@@ -96,9 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let set = Arc::new(set);
     let passes = tta_passes(args.tta, config.augment, config.seed);
     let evaluation = evaluate(&model, &set, &indices, args.batch, &passes, None, &device)?;
-    let confusion = evaluation
-        .confusion
-        .context("the samples have no labels to score against")?;
+    let confusion = evaluation.confusion.context("the samples have no labels to score against")?;
     println!("{} samples of {what}", indices.len());
     print_confusion(&confusion);
     Ok(())
@@ -115,14 +104,8 @@ pub fn print_confusion(confusion: &Confusion) {
         .collect();
     println!("per class {}", per_class.join("  "));
     println!("\ntrue \\ predicted");
-    println!(
-        "      {}",
-        (0..10).map(|d| format!("{d:>6}")).collect::<String>()
-    );
+    println!("      {}", (0..10).map(|d| format!("{d:>6}")).collect::<String>());
     for (truth, row) in confusion.counts.iter().enumerate() {
-        println!(
-            "{truth:>5} {}",
-            row.iter().map(|n| format!("{n:>6}")).collect::<String>()
-        );
+        println!("{truth:>5} {}", row.iter().map(|n| format!("{n:>6}")).collect::<String>());
     }
 }

@@ -18,13 +18,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let (dataset, report) = Dataset::open(
-        &args.path,
-        LoadOptions {
-            strict: args.strict,
-        },
-    )
-    .with_context(|| format!("cannot load {}", args.path.display()))?;
+    let (dataset, report) = Dataset::open(&args.path, LoadOptions { strict: args.strict })
+        .with_context(|| format!("cannot load {}", args.path.display()))?;
     tracing::debug!("loaded in {:.2?}", started.elapsed());
     super::warn_skipped(&report);
     for set in dataset.sets() {
@@ -39,23 +34,15 @@ fn print_set(set: &CloudSet) {
         Some(csv) => format!(", in the order of {}", file_name(csv)),
         None => ", unlabelled".to_owned(),
     };
-    println!(
-        "{} ({}{index}): {} clouds",
-        set.h5_path().display(),
-        set.role(),
-        set.len()
-    );
+    println!("{} ({}{index}): {} clouds", set.h5_path().display(), set.role(), set.len());
 
     if let Some(labels) = set.labels() {
         let mut histogram = [0usize; 10];
         for &label in labels {
             histogram[usize::from(label)] += 1;
         }
-        let cells: Vec<String> = histogram
-            .iter()
-            .enumerate()
-            .map(|(d, n)| format!("{d}: {n}"))
-            .collect();
+        let cells: Vec<String> =
+            histogram.iter().enumerate().map(|(d, n)| format!("{d}: {n}")).collect();
         println!("  labels       {}", cells.join("  "));
     }
 
@@ -70,26 +57,17 @@ fn print_set(set: &CloudSet) {
     );
 
     for (axis, name) in ["x", "y", "z"].iter().enumerate() {
-        let (lo, hi) = set
-            .points()
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), p| {
+        let (lo, hi) =
+            set.points().iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), p| {
                 (lo.min(p[axis]), hi.max(p[axis]))
             });
         println!("  {name}            {lo:.3} .. {hi:.3}");
     }
-    let outside = set
-        .points()
-        .iter()
-        .filter(|p| p.iter().any(|v| v.abs() > EXTENT))
-        .count();
+    let outside = set.points().iter().filter(|p| p.iter().any(|v| v.abs() > EXTENT)).count();
     let share = 100.0 * outside as f64 / set.points().len() as f64;
     println!("  outside ±{EXTENT}: {outside} points ({share:.3}%), drawn on the view borders");
 }
 
 fn file_name(path: &std::path::Path) -> String {
-    path.file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned()
+    path.file_name().unwrap_or_default().to_string_lossy().into_owned()
 }

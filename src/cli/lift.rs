@@ -50,28 +50,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.threshold > 0.0 && args.threshold <= 1.0,
-        "--threshold must be in (0, 1]"
-    );
-    anyhow::ensure!(
-        args.depth > 0.0 && args.depth.is_finite(),
-        "--depth must be positive"
-    );
-    anyhow::ensure!(
-        args.density > 0.0 && args.density.is_finite(),
-        "--density must be positive"
-    );
+    anyhow::ensure!(args.threshold > 0.0 && args.threshold <= 1.0, "--threshold must be in (0, 1]");
+    anyhow::ensure!(args.depth > 0.0 && args.depth.is_finite(), "--depth must be positive");
+    anyhow::ensure!(args.density > 0.0 && args.density.is_finite(), "--density must be positive");
 
     let digits = read_digits(&args.input, args.labels.as_deref())?;
     tracing::info!("read {} digits from {}", digits.len(), args.input.display());
 
     let plan = LiftPlan {
         source: args.input.display().to_string(),
-        split: Split {
-            train: args.train,
-            test: args.test,
-        },
+        split: Split { train: args.train, test: args.test },
         seed: args.seed,
         config: LiftConfig {
             threshold: args.threshold,

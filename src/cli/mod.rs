@@ -111,10 +111,7 @@ fn open_desktop(data: &Path) -> anyhow::Result<()> {
         data.display()
     );
     println!("Meanwhile the command line works on the same data:\n");
-    info::run(info::Args {
-        path: data.to_owned(),
-        strict: false,
-    })
+    info::run(info::Args { path: data.to_owned(), strict: false })
 }
 
 /// The bundled sample: `data/` in the working folder when there is one (as under `cargo run`),
@@ -134,16 +131,9 @@ fn warn_skipped(report: &LoadReport) {
     if report.skipped.is_empty() {
         return;
     }
-    let counts: Vec<String> = report
-        .counts()
-        .iter()
-        .map(|(kind, n)| format!("{n} {kind}"))
-        .collect();
-    tracing::warn!(
-        "skipped {} samples: {}",
-        report.skipped.len(),
-        counts.join(", ")
-    );
+    let counts: Vec<String> =
+        report.counts().iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+    tracing::warn!("skipped {} samples: {}", report.skipped.len(), counts.join(", "));
     for skipped in report.skipped.iter().take(SHOWN) {
         tracing::warn!("  {}: {skipped}", skipped.path.display());
     }

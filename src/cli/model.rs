@@ -36,25 +36,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn print_summary(model: &Model) {
-    println!(
-        "{:<28} {:<24} {:<18} {:>12}",
-        "layer", "kind", "output", "parameters"
-    );
+    println!("{:<28} {:<24} {:<18} {:>12}", "layer", "kind", "output", "parameters");
     println!("{}", "-".repeat(85));
     for row in model.summary() {
-        let shape = row
-            .output
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(" x ");
-        println!(
-            "{:<28} {:<24} {:<18} {:>12}",
-            row.name,
-            row.kind,
-            shape,
-            thousands(row.params)
-        );
+        let shape = row.output.iter().map(usize::to_string).collect::<Vec<_>>().join(" x ");
+        println!("{:<28} {:<24} {:<18} {:>12}", row.name, row.kind, shape, thousands(row.params));
     }
     println!("{}", "-".repeat(85));
 
@@ -66,14 +52,8 @@ fn print_summary(model: &Model) {
         .map(|p| p.var.elem_count())
         .sum();
     println!("backbone parameters:        {:>12}", thousands(all - head));
-    println!(
-        "  trainable:                {:>12}",
-        thousands(trainable - head)
-    );
-    println!(
-        "  non-trainable:            {:>12}",
-        thousands(all - trainable)
-    );
+    println!("  trainable:                {:>12}", thousands(trainable - head));
+    println!("  non-trainable:            {:>12}", thousands(all - trainable));
     println!("cosine head parameters:     {:>12}", thousands(head));
     println!("total parameters:           {:>12}", thousands(all));
 }

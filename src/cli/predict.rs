@@ -54,23 +54,14 @@ pub fn tta_passes(k: usize, distribution: RotationDistribution, seed: u64) -> Ve
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.tta >= 1, "--tta must be at least 1");
     let device = args.device.device().map_err(anyhow::Error::msg)?;
-    let checkpoints = args
-        .checkpoint
-        .iter()
-        .map(|p| Checkpoint::read(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let models = checkpoints
-        .iter()
-        .map(|c| c.model(&device))
-        .collect::<Result<Vec<_>, _>>()?;
+    let checkpoints =
+        args.checkpoint.iter().map(|p| Checkpoint::read(p)).collect::<Result<Vec<_>, _>>()?;
+    let models = checkpoints.iter().map(|c| c.model(&device)).collect::<Result<Vec<_>, _>>()?;
 
     let (dataset, report) = Dataset::open(&args.input, LoadOptions::default())
         .with_context(|| format!("cannot load {}", args.input.display()))?;
     super::warn_skipped(&report);
-    let set = dataset
-        .test
-        .or(dataset.train)
-        .context("no clouds to predict")?;
+    let set = dataset.test.or(dataset.train).context("no clouds to predict")?;
     digit3d::tune_allocator();
     let set = Arc::new(set);
     let indices: Vec<usize> = (0..set.len()).collect();
@@ -89,12 +80,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
 
-    let rows: Vec<(u32, u8)> = set
-        .ids()
-        .iter()
-        .zip(&sums)
-        .map(|(&id, s)| (id, argmax(s)))
-        .collect();
+    let rows: Vec<(u32, u8)> =
+        set.ids().iter().zip(&sums).map(|(&id, s)| (id, argmax(s))).collect();
     write_labels(&args.out, rows)?;
     let passes = args.tta * models.len();
     tracing::info!(

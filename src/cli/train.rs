@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use digit3d::align::Alignment;
 use digit3d::dataset::{Dataset, LoadOptions};
 use digit3d::nn::curricular::TRule;
 use digit3d::nn::model::{Architecture, InputForm};
@@ -27,6 +28,9 @@ pub struct Args {
     /// The model's input (default: grid for xception, views for compact).
     #[arg(long, value_enum)]
     pub input: Option<InputForm>,
+    /// Pose clouds before taking their views: none, or pca (principal axes onto x, y, z).
+    #[arg(long, value_enum, default_value = "none")]
+    pub align: Alignment,
     /// Epochs in all; the learning-rate schedule spans them.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
@@ -64,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(input) = args.input {
         config.model.input = input;
     }
+    config.model.alignment = args.align;
     config.epochs = args.epochs;
     config.time_limit_minutes = args.time_limit;
     config.batch = args.batch.unwrap_or(config.batch);
@@ -82,12 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .train
         .with_context(|| format!("{}: no train.h5 to train on", args.data.display()))?;
     digit3d::tune_allocator();
-    let trainer = Trainer::new(
-        config,
-        Arc::new(set),
-        Some(args.out.clone()),
-        resume.as_ref(),
-    )?;
+    let trainer = Trainer::new(config, Arc::new(set), Some(args.out.clone()), resume.as_ref())?;
     let handle = trainer.spawn();
 
     let bar = super::progress_bar(ProgressBar::new(0));
@@ -98,13 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     while let Some(event) = handle.next_event() {
         match event {
-            Event::Started {
-                train,
-                val,
-                batches,
-                position,
-                ..
-            } => {
+            Event::Started { train, val, batches, position, .. } => {
                 tracing::info!(
                     "training on {train} clouds, validating on {val}; {batches} batches per epoch"
                 );
@@ -122,10 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Event::Epoch(_) => bar.reset_eta(),
             Event::Saved(path) => tracing::debug!("wrote {}", path.display()),
             Event::Paused | Event::Resumed => {}
-            Event::Finished {
-                reason,
-                best_val_accuracy,
-            } => {
+            Event::Finished { reason, best_val_accuracy } => {
                 bar.finish_and_clear();
                 let why = match reason {
                     Reason::Completed => "all epochs done",

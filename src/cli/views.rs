@@ -18,12 +18,7 @@ pub struct Args {
     #[arg(long)]
     pub id: u32,
     /// Rotate the cloud first by angles A,B,C in radians about x, y and z (M = Rx·Ry·Rz).
-    #[arg(
-        long,
-        value_name = "A,B,C",
-        allow_hyphen_values = true,
-        default_value = "0,0,0"
-    )]
+    #[arg(long, value_name = "A,B,C", allow_hyphen_values = true, default_value = "0,0,0")]
     pub rotate: Angles,
     /// Where to write the grid: 256 x 256, 8-bit grayscale, 0 and 255.
     #[arg(long, value_name = "PNG")]
@@ -40,21 +35,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let grid = boards.grid();
     write_png(&args.out, grid.as_slice(), grid.side())?;
-    tracing::info!(
-        "wrote {} (sample {}, rotated by {})",
-        args.out.display(),
-        args.id,
-        args.rotate
-    );
+    tracing::info!("wrote {} (sample {}, rotated by {})", args.out.display(), args.id, args.rotate);
 
     if let Some(dir) = &args.views_dir {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let views = boards.views();
         for index in 0..VIEW_COUNT {
-            let path = dir.join(format!(
-                "{index:02}-{}.png",
-                ViewKind::of(index).file_stem()
-            ));
+            let path = dir.join(format!("{index:02}-{}.png", ViewKind::of(index).file_stem()));
             write_png(&path, views.view(index), views.size())?;
         }
         tracing::info!("wrote {VIEW_COUNT} views to {}", dir.display());
@@ -70,9 +57,6 @@ fn write_png(path: &Path, pixels: &[u8], side: usize) -> Result<(), DataError> {
     write_atomically(path, |tmp| {
         image
             .save_with_format(tmp, image::ImageFormat::Png)
-            .map_err(|e| DataError::Write {
-                path: path.to_owned(),
-                detail: e.to_string(),
-            })
+            .map_err(|e| DataError::Write { path: path.to_owned(), detail: e.to_string() })
     })
 }

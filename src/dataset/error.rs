@@ -83,22 +83,15 @@ pub enum DataError {
 }
 
 fn sample_suffix(id: &Option<String>) -> String {
-    id.as_ref()
-        .map(|id| format!(", sample {id}"))
-        .unwrap_or_default()
+    id.as_ref().map(|id| format!(", sample {id}")).unwrap_or_default()
 }
 
 impl DataError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
-            DataError::Missing {
-                path: path.to_owned(),
-            }
+            DataError::Missing { path: path.to_owned() }
         } else {
-            DataError::Io {
-                path: path.to_owned(),
-                source,
-            }
+            DataError::Io { path: path.to_owned(), source }
         }
     }
 }

@@ -23,20 +23,16 @@ impl CloudFile {
     pub(crate) fn open(path: &Path) -> Result<Self, DataError> {
         let meta = fs::metadata(path).map_err(|e| DataError::io(path, e))?;
         if meta.is_dir() {
-            return Err(DataError::NotHdf5 {
-                path: path.to_owned(),
-            });
+            return Err(DataError::NotHdf5 { path: path.to_owned() });
         }
         match hdf5::File::open(path) {
             Ok(file) => Ok(CloudFile { file }),
-            Err(_) if !starts_with_signature(path) => Err(DataError::NotHdf5 {
-                path: path.to_owned(),
-            }),
-            Err(e) => Err(DataError::Damaged {
-                path: path.to_owned(),
-                id: None,
-                detail: e.to_string(),
-            }),
+            Err(_) if !starts_with_signature(path) => {
+                Err(DataError::NotHdf5 { path: path.to_owned() })
+            }
+            Err(e) => {
+                Err(DataError::Damaged { path: path.to_owned(), id: None, detail: e.to_string() })
+            }
         }
     }
 
@@ -72,9 +68,7 @@ impl CloudFile {
         let dataset = match self.file.dataset(name) {
             Ok(dataset) => dataset,
             Err(_) if self.file.group(name).is_ok() => {
-                return Ok(Err(SampleProblem::NotASample(format!(
-                    "{name:?} is a group"
-                ))));
+                return Ok(Err(SampleProblem::NotASample(format!("{name:?} is a group"))));
             }
             Err(e) => return Err(damaged(e)),
         };
@@ -83,10 +77,7 @@ impl CloudFile {
         if shape.len() != 2 || shape[1] != 3 {
             return Ok(Err(SampleProblem::Shape(shape)));
         }
-        let descriptor = dataset
-            .dtype()
-            .and_then(|t| t.to_descriptor())
-            .map_err(damaged)?;
+        let descriptor = dataset.dtype().and_then(|t| t.to_descriptor()).map_err(damaged)?;
         if !is_numeric(&descriptor) {
             return Ok(Err(SampleProblem::DataType(descriptor.to_string())));
         }
@@ -102,17 +93,11 @@ impl CloudFile {
             points.truncate(start);
             return Err(damaged(e));
         }
-        let bad = points[start..]
-            .as_flattened()
-            .iter()
-            .position(|v| !v.is_finite());
+        let bad = points[start..].as_flattened().iter().position(|v| !v.is_finite());
         if let Some(k) = bad {
             let value = points[start..].as_flattened()[k];
             points.truncate(start);
-            return Ok(Err(SampleProblem::NotFinite {
-                point: k / 3,
-                value,
-            }));
+            return Ok(Err(SampleProblem::NotFinite { point: k / 3, value }));
         }
         Ok(Ok(()))
     }
@@ -127,10 +112,7 @@ fn is_numeric(descriptor: &TypeDescriptor) -> bool {
 
 fn starts_with_signature(path: &Path) -> bool {
     let mut head = [0u8; 8];
-    fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok()
-        && head == SIGNATURE
+    fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == SIGNATURE
 }
 
 /// How a written HDF5 file stores its clouds.
@@ -151,10 +133,8 @@ pub fn write_clouds<'a>(
     storage: Storage,
 ) -> Result<(), DataError> {
     write_atomically(path, |tmp| {
-        let fail = |e: hdf5::Error| DataError::Write {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        };
+        let fail =
+            |e: hdf5::Error| DataError::Write { path: path.to_owned(), detail: e.to_string() };
         let file = hdf5::File::create(tmp).map_err(fail)?;
         for (id, cloud) in clouds {
             let builder = file.new_dataset::<f32>().shape([cloud.len(), 3]);

@@ -23,11 +23,8 @@ pub struct LabelRow {
 /// a label outside 0..=9.
 pub fn read_labels(path: &Path, with_labels: bool) -> Result<Vec<LabelRow>, DataError> {
     let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let csv_error = |line: u64, problem: CsvProblem| DataError::Csv {
-        path: path.to_owned(),
-        line,
-        problem,
-    };
+    let csv_error =
+        |line: u64, problem: CsvProblem| DataError::Csv { path: path.to_owned(), line, problem };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -62,29 +59,13 @@ pub fn read_labels(path: &Path, with_labels: bool) -> Result<Vec<LabelRow>, Data
         let id = parse_id(&record[0])
             .ok_or_else(|| csv_error(line, CsvProblem::BadId(record[0].to_owned())))?;
         if let Some(&first) = first_line.get(&id) {
-            return Err(csv_error(
-                line,
-                CsvProblem::DuplicateId {
-                    id,
-                    first_line: first,
-                },
-            ));
+            return Err(csv_error(line, CsvProblem::DuplicateId { id, first_line: first }));
         }
         first_line.insert(id, line);
         let label = if with_labels {
-            let label = record[1]
-                .parse::<u8>()
-                .ok()
-                .filter(|&l| l <= 9)
-                .ok_or_else(|| {
-                    csv_error(
-                        line,
-                        CsvProblem::BadLabel {
-                            id,
-                            label: record[1].to_owned(),
-                        },
-                    )
-                })?;
+            let label = record[1].parse::<u8>().ok().filter(|&l| l <= 9).ok_or_else(|| {
+                csv_error(line, CsvProblem::BadLabel { id, label: record[1].to_owned() })
+            })?;
             Some(label)
         } else {
             None
@@ -93,12 +74,7 @@ pub fn read_labels(path: &Path, with_labels: bool) -> Result<Vec<LabelRow>, Data
     }
 
     if !header_seen {
-        return Err(csv_error(
-            1,
-            CsvProblem::Header {
-                found: String::new(),
-            },
-        ));
+        return Err(csv_error(1, CsvProblem::Header { found: String::new() }));
     }
     Ok(rows)
 }
@@ -157,54 +133,28 @@ mod tests {
     #[test]
     fn tolerates_a_byte_order_mark_spaces_and_crlf() {
         let rows = read_text("\u{feff}ID, label\r\n 7 ,1\r\n", true).unwrap();
-        assert_eq!(
-            rows,
-            [LabelRow {
-                id: 7,
-                label: Some(1)
-            }]
-        );
+        assert_eq!(rows, [LabelRow { id: 7, label: Some(1) }]);
     }
 
     #[test]
     fn a_wrong_header_is_reported_on_line_one() {
         let (line, problem) = problem("id,digit\n1,2\n");
         assert_eq!(line, 1);
-        assert_eq!(
-            problem,
-            CsvProblem::Header {
-                found: "id,digit".into()
-            }
-        );
-        assert!(matches!(
-            read_text("", true),
-            Err(DataError::Csv { line: 1, .. })
-        ));
+        assert_eq!(problem, CsvProblem::Header { found: "id,digit".into() });
+        assert!(matches!(read_text("", true), Err(DataError::Csv { line: 1, .. })));
     }
 
     #[test]
     fn a_non_numeric_id_names_its_line() {
-        assert_eq!(
-            problem("ID,label\n1,2\nabc,3\n"),
-            (3, CsvProblem::BadId("abc".into()))
-        );
-        assert_eq!(
-            problem("ID,label\n-4,3\n"),
-            (2, CsvProblem::BadId("-4".into()))
-        );
+        assert_eq!(problem("ID,label\n1,2\nabc,3\n"), (3, CsvProblem::BadId("abc".into())));
+        assert_eq!(problem("ID,label\n-4,3\n"), (2, CsvProblem::BadId("-4".into())));
     }
 
     #[test]
     fn a_duplicate_id_names_both_lines() {
         assert_eq!(
             problem("ID,label\n1,2\n4,3\n1,5\n"),
-            (
-                4,
-                CsvProblem::DuplicateId {
-                    id: 1,
-                    first_line: 2
-                }
-            )
+            (4, CsvProblem::DuplicateId { id: 1, first_line: 2 })
         );
     }
 
@@ -212,23 +162,11 @@ mod tests {
     fn a_label_outside_0_to_9_is_refused() {
         assert_eq!(
             problem("ID,label\n1,10\n"),
-            (
-                2,
-                CsvProblem::BadLabel {
-                    id: 1,
-                    label: "10".into()
-                }
-            )
+            (2, CsvProblem::BadLabel { id: 1, label: "10".into() })
         );
         assert_eq!(
             problem("ID,label\n1,x\n"),
-            (
-                2,
-                CsvProblem::BadLabel {
-                    id: 1,
-                    label: "x".into()
-                }
-            )
+            (2, CsvProblem::BadLabel { id: 1, label: "x".into() })
         );
         // Placeholder labels of a submission template are not checked.
         assert_eq!(read_text("ID,label\n1,x\n", false).unwrap()[0].label, None);
@@ -254,18 +192,6 @@ mod tests {
         let path = dir.path().join("pred.csv");
         write_labels(&path, [(3, 1), (1, 9)]).unwrap();
         let rows = read_labels(&path, true).unwrap();
-        assert_eq!(
-            rows,
-            [
-                LabelRow {
-                    id: 3,
-                    label: Some(1)
-                },
-                LabelRow {
-                    id: 1,
-                    label: Some(9)
-                }
-            ]
-        );
+        assert_eq!(rows, [LabelRow { id: 3, label: Some(1) }, LabelRow { id: 1, label: Some(9) }]);
     }
 }

@@ -126,15 +126,9 @@ impl CloudSet {
         report: &mut LoadReport,
     ) -> Result<CloudSet, DataError> {
         // Read the CSV first: it is small, and a bad one should fail before a long HDF5 read.
-        let rows = csv
-            .map(|(path, with_labels)| read_labels(path, with_labels))
-            .transpose()?;
+        let rows = csv.map(|(path, with_labels)| read_labels(path, with_labels)).transpose()?;
         let file = CloudFile::open(h5_path)?;
-        let mut skipper = Skipper {
-            path: h5_path,
-            strict: options.strict,
-            report,
-        };
+        let mut skipper = Skipper { path: h5_path, strict: options.strict, report };
         let csv_name = csv
             .and_then(|(path, _)| path.file_name())
             .map(|name| name.to_string_lossy().into_owned())
@@ -290,11 +284,7 @@ struct Skipper<'a> {
 
 impl Skipper<'_> {
     fn skip(&mut self, id: String, problem: SampleProblem) -> Result<(), DataError> {
-        let skipped = SkippedSample {
-            path: self.path.to_owned(),
-            id,
-            problem,
-        };
+        let skipped = SkippedSample { path: self.path.to_owned(), id, problem };
         if self.strict {
             return Err(DataError::Sample(skipped));
         }
@@ -334,19 +324,11 @@ fn listed_order(
     skipper: &mut Skipper,
 ) -> Result<Vec<(u32, Option<u8>)>, DataError> {
     let listed: HashSet<u32> = rows.iter().map(|r| r.id).collect();
-    let mut unlisted: Vec<u32> = present
-        .iter()
-        .copied()
-        .filter(|id| !listed.contains(id))
-        .collect();
+    let mut unlisted: Vec<u32> =
+        present.iter().copied().filter(|id| !listed.contains(id)).collect();
     unlisted.sort_unstable();
     for id in unlisted {
-        skipper.skip(
-            id.to_string(),
-            SampleProblem::NotListed {
-                csv: csv_name.to_owned(),
-            },
-        )?;
+        skipper.skip(id.to_string(), SampleProblem::NotListed { csv: csv_name.to_owned() })?;
     }
 
     let mut order = Vec::with_capacity(rows.len());
@@ -354,12 +336,8 @@ fn listed_order(
         if present.contains(&row.id) {
             order.push((row.id, row.label));
         } else {
-            skipper.skip(
-                row.id.to_string(),
-                SampleProblem::NoCloud {
-                    csv: csv_name.to_owned(),
-                },
-            )?;
+            skipper
+                .skip(row.id.to_string(), SampleProblem::NoCloud { csv: csv_name.to_owned() })?;
         }
     }
     Ok(order)
@@ -385,16 +363,9 @@ impl Dataset {
     /// training set otherwise (labelled by `NAME.csv` beside it, if present).
     pub fn open(path: &Path, options: LoadOptions) -> Result<(Dataset, LoadReport), DataError> {
         let mut report = LoadReport::default();
-        let mut dataset = Dataset {
-            path: path.to_owned(),
-            train: None,
-            test: None,
-        };
+        let mut dataset = Dataset { path: path.to_owned(), train: None, test: None };
         for part in parts(path)? {
-            let index = part
-                .csv
-                .as_deref()
-                .map(|csv| (csv, part.role == Role::Train));
+            let index = part.csv.as_deref().map(|csv| (csv, part.role == Role::Train));
             let set = CloudSet::load(part.role, &part.h5, index, options, &mut report)?;
             match part.role {
                 Role::Train => dataset.train = Some(set),
@@ -415,31 +386,17 @@ impl Dataset {
             }
             let mut cloud = Vec::new();
             if let Err(problem) = file.read_cloud(&part.h5, &name, &mut cloud)? {
-                return Err(DataError::Sample(SkippedSample {
-                    path: part.h5,
-                    id: name,
-                    problem,
-                }));
+                return Err(DataError::Sample(SkippedSample { path: part.h5, id: name, problem }));
             }
             let label = match (&part.csv, part.role) {
-                (Some(csv), Role::Train) => read_labels(csv, true)?
-                    .iter()
-                    .find(|r| r.id == id)
-                    .and_then(|r| r.label),
+                (Some(csv), Role::Train) => {
+                    read_labels(csv, true)?.iter().find(|r| r.id == id).and_then(|r| r.label)
+                }
                 _ => None,
             };
-            return Ok(OwnedSample {
-                role: part.role,
-                h5_path: part.h5,
-                id,
-                label,
-                cloud,
-            });
+            return Ok(OwnedSample { role: part.role, h5_path: part.h5, id, label, cloud });
         }
-        Err(DataError::UnknownId {
-            path: path.to_owned(),
-            id,
-        })
+        Err(DataError::UnknownId { path: path.to_owned(), id })
     }
 
     /// The sets present, training first.
@@ -449,8 +406,7 @@ impl Dataset {
 
     /// The set and index of the sample with ID `id`, searching training then test clouds.
     pub fn find(&self, id: u32) -> Option<(&CloudSet, usize)> {
-        self.sets()
-            .find_map(|set| set.position(id).map(|i| (set, i)))
+        self.sets().find_map(|set| set.position(id).map(|i| (set, i)))
     }
 }
 
@@ -479,19 +435,12 @@ struct Part {
 /// The parts of the dataset at `path`, a folder or a single HDF5 file (see [`Dataset::open`]).
 fn parts(path: &Path) -> Result<Vec<Part>, DataError> {
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
-    let part = |role, h5: PathBuf, csv: PathBuf| Part {
-        role,
-        h5,
-        csv: csv.exists().then_some(csv),
-    };
+    let part =
+        |role, h5: PathBuf, csv: PathBuf| Part { role, h5, csv: csv.exists().then_some(csv) };
     if !meta.is_dir() {
         let stem = path.file_stem().unwrap_or_default().to_string_lossy();
         return Ok(vec![if stem == "test" {
-            part(
-                Role::Test,
-                path.to_owned(),
-                path.with_file_name(SUBMISSION_CSV),
-            )
+            part(Role::Test, path.to_owned(), path.with_file_name(SUBMISSION_CSV))
         } else {
             part(Role::Train, path.to_owned(), path.with_extension("csv"))
         }]);
@@ -505,9 +454,7 @@ fn parts(path: &Path) -> Result<Vec<Part>, DataError> {
     .filter(|p| p.h5.exists())
     .collect();
     if found.is_empty() {
-        return Err(DataError::NotADataset {
-            path: path.to_owned(),
-        });
+        return Err(DataError::NotADataset { path: path.to_owned() });
     }
     Ok(found)
 }

@@ -26,12 +26,7 @@ impl Default for CompactConfig {
     /// a quarter of a first design with a 3 x 3 stem and twice the widths, which trained at 23
     /// samples/s on two cores.
     fn default() -> Self {
-        CompactConfig {
-            stem: 32,
-            stem_kernel: 1,
-            stages: vec![48, 96, 192],
-            depths: vec![1, 2, 2],
-        }
+        CompactConfig { stem: 32, stem_kernel: 1, stages: vec![48, 96, 192], depths: vec![1, 2, 2] }
     }
 }
 
@@ -52,15 +47,7 @@ impl Compact {
         let large = input[1] > 128;
         let k = config.stem_kernel;
         let (conv, mut shape) = if large {
-            Conv::new(
-                b,
-                "stem_conv",
-                input,
-                config.stem,
-                k.max(3),
-                2,
-                k.max(3) / 2,
-            )?
+            Conv::new(b, "stem_conv", input, config.stem, k.max(3), 2, k.max(3) / 2)?
         } else {
             Conv::new(b, "stem_conv", input, config.stem, k, 1, k / 2)?
         };
@@ -80,21 +67,11 @@ impl Compact {
                 shape = next;
             }
             shape = max_pool_same_shape(shape, 2);
-            b.row(
-                &format!("stage{}_pool", s + 1),
-                "MaxPooling2D",
-                shape.to_vec(),
-                0,
-            );
+            b.row(&format!("stage{}_pool", s + 1), "MaxPooling2D", shape.to_vec(), 0);
             stages.push(convs);
         }
         b.row("avg_pool", "GlobalAveragePooling2D", vec![shape[0]], 0);
-        Ok(Compact {
-            stem,
-            stem_pool: large,
-            stages,
-            width: shape[0],
-        })
+        Ok(Compact { stem, stem_pool: large, stages, width: shape[0] })
     }
 
     /// The width of the embedding.

@@ -76,9 +76,7 @@ impl CurricularFace {
     /// The loss of `cosines` (`[N, classes]`) against `labels` (`[N]`, u32). `t` is a constant
     /// here; [`CurricularFace::update_t`] moves it afterwards.
     pub fn loss(&self, cosines: &Tensor, labels: &Tensor) -> Result<CurricularOutput> {
-        let CurricularConfig {
-            scale, margin, eps, ..
-        } = self.config;
+        let CurricularConfig { scale, margin, eps, .. } = self.config;
         let c = cosines.clamp(-1.0 + eps, 1.0 - eps)?;
         let classes = c.dim(1)?;
         let index = labels.unsqueeze(1)?;
@@ -99,9 +97,8 @@ impl CurricularFace {
         let hard = c.broadcast_gt(&cos_plus_margin)?;
         let modulated = (&c * (&c + self.t)?)?;
         let others = hard.where_cond(&modulated, &c)?;
-        let is_target = Tensor::arange(0u32, classes as u32, c.device())?
-            .unsqueeze(0)?
-            .broadcast_eq(&index)?;
+        let is_target =
+            Tensor::arange(0u32, classes as u32, c.device())?.unsqueeze(0)?.broadcast_eq(&index)?;
         let logits = is_target.where_cond(&margined.broadcast_as(c.shape())?, &others)?;
 
         let loss = candle_nn::loss::cross_entropy(&(logits * scale)?, labels)?;
@@ -150,21 +147,15 @@ mod tests {
         // Row 1: target 2 with cos 0.5, so p = 0.5 cos 0.5 − √0.75 sin 0.5 = 0.023597;
         //   0.1 and 0.3 are both above p: 0.1 · 0.3 = 0.03 and 0.3 · 0.5 = 0.15.
         let (c, labels) = batch(&[[0.8, 0.7, -0.2], [0.1, 0.3, 0.5]], &[0, 2]);
-        let loss = CurricularFace {
-            config: CurricularConfig::default(),
-            t: 0.2,
-        };
+        let loss = CurricularFace { config: CurricularConfig::default(), t: 0.2 };
         let out = loss.loss(&c, &labels).unwrap();
 
         let p0 = 0.8 * 0.5f64.cos() - 0.6 * 0.5f64.sin();
         let p1 = 0.5 * 0.5f64.cos() - 0.75f64.sqrt() * 0.5f64.sin();
         assert!((p0 - 0.414411).abs() < 1e-6 && (p1 - 0.023597).abs() < 1e-6);
         let rows = [([p0, 0.63, -0.2], 0), ([0.03, 0.15, p1], 2)];
-        let want = rows
-            .iter()
-            .map(|(l, y)| cross_entropy(&l.map(|v| 30.0 * v), *y))
-            .sum::<f64>()
-            / 2.0;
+        let want =
+            rows.iter().map(|(l, y)| cross_entropy(&l.map(|v| 30.0 * v), *y)).sum::<f64>() / 2.0;
         let got: f32 = out.loss.to_scalar().unwrap();
         assert!((f64::from(got) - want).abs() < 1e-4, "{got} vs {want}");
         assert!((out.mean_margined - (p0 + p1) / 2.0).abs() < 1e-6);
@@ -174,32 +165,18 @@ mod tests {
     #[test]
     fn t_follows_the_reference_rule_or_the_official_one() {
         let (c, labels) = batch(&[[0.8, 0.7, -0.2], [0.1, 0.3, 0.5]], &[0, 2]);
-        let mut reference = CurricularFace {
-            config: CurricularConfig::default(),
-            t: 0.2,
-        };
+        let mut reference = CurricularFace { config: CurricularConfig::default(), t: 0.2 };
         let out = reference.loss(&c, &labels).unwrap();
         reference.update_t(&out);
         // 0.99 · mean(p) + 0.01 · 0.2, with mean(p) = (0.414411 + 0.023597) / 2 = 0.219004.
-        assert!(
-            (reference.t - (0.99 * 0.219004 + 0.002)).abs() < 1e-6,
-            "{}",
-            reference.t
-        );
+        assert!((reference.t - (0.99 * 0.219004 + 0.002)).abs() < 1e-6, "{}", reference.t);
 
-        let config = CurricularConfig {
-            rule: TRule::Official,
-            ..CurricularConfig::default()
-        };
+        let config = CurricularConfig { rule: TRule::Official, ..CurricularConfig::default() };
         let mut official = CurricularFace { config, t: 0.2 };
         let out = official.loss(&c, &labels).unwrap();
         official.update_t(&out);
         // 0.99 · 0.2 + 0.01 · mean(c_y), with mean(c_y) = (0.8 + 0.5) / 2.
-        assert!(
-            (official.t - (0.198 + 0.0065)).abs() < 1e-9,
-            "{}",
-            official.t
-        );
+        assert!((official.t - (0.198 + 0.0065)).abs() < 1e-9, "{}", official.t);
     }
 
     #[test]
@@ -207,19 +184,14 @@ mod tests {
         // Target cos −0.95: θ = 2.824, and θ + 0.5 passes π. The official p is
         // −0.95 − 0.5 sin 0.5 = −1.189718; the reference's cos(θ + m) would be −0.987...
         let (c, labels) = batch(&[[-0.95, 0.1, 0.2]], &[0]);
-        let config = CurricularConfig {
-            rule: TRule::Official,
-            ..CurricularConfig::default()
-        };
+        let config = CurricularConfig { rule: TRule::Official, ..CurricularConfig::default() };
         let out = CurricularFace::new(config).loss(&c, &labels).unwrap();
         assert!(
             (out.mean_margined - (-0.95 - 0.5 * 0.5f64.sin())).abs() < 1e-6,
             "{}",
             out.mean_margined
         );
-        let reference = CurricularFace::new(CurricularConfig::default())
-            .loss(&c, &labels)
-            .unwrap();
+        let reference = CurricularFace::new(CurricularConfig::default()).loss(&c, &labels).unwrap();
         let theta = (-0.95f64).acos();
         assert!((reference.mean_margined - (theta + 0.5).cos()).abs() < 1e-6);
     }
@@ -229,9 +201,7 @@ mod tests {
         let c =
             candle_core::Var::new(&[[0.8f32, 0.7, -0.2], [0.1, 0.3, 0.5]], &Device::Cpu).unwrap();
         let labels = Tensor::new(&[0u32, 2], &Device::Cpu).unwrap();
-        let out = CurricularFace::new(CurricularConfig::default())
-            .loss(&c, &labels)
-            .unwrap();
+        let out = CurricularFace::new(CurricularConfig::default()).loss(&c, &labels).unwrap();
         let grads = out.loss.backward().unwrap();
         let g: Vec<Vec<f32>> = grads.get(&c).unwrap().to_vec2().unwrap();
         // Raising the target cosine lowers the loss; raising a competitor raises it.

@@ -20,8 +20,7 @@ pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, padding: usize) -> Result<T
         // LIMITATION: no GPU kernel yet; candle's grouped convolution is correct but slow.
         return x.conv2d(weight, padding, 1, 1, x.dim(1)?);
     }
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, Forward { padding })
+    x.contiguous()?.apply_op2(&weight.contiguous()?, Forward { padding })
 }
 
 /// The sizes an op works on, checked once.
@@ -47,16 +46,7 @@ impl Geometry {
         if h + 2 * pad < k || w + 2 * pad < k {
             bail!("depthwise input {input:?} is smaller than its {k} x {k} filter");
         }
-        Ok(Geometry {
-            n,
-            c,
-            h,
-            w,
-            k,
-            pad,
-            out_h: h + 2 * pad - k + 1,
-            out_w: w + 2 * pad - k + 1,
-        })
+        Ok(Geometry { n, c, h, w, k, pad, out_h: h + 2 * pad - k + 1, out_w: w + 2 * pad - k + 1 })
     }
 
     /// The output columns `x` for which input column `x + kx - pad` exists, as a range.
@@ -127,17 +117,12 @@ impl CustomOp2 for Forward {
         let (input, weight) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let (in_area, out_area, taps) = (g.h * g.w, g.out_h * g.out_w, g.k * g.k);
         let mut out = vec![0f32; g.n * g.c * out_area];
-        out.par_chunks_mut(out_area)
-            .enumerate()
-            .for_each(|(plane, out)| {
-                let channel = plane % g.c;
-                let filter = &weight[channel * taps..][..taps];
-                correlate_plane(&g, &input[plane * in_area..][..in_area], filter, out);
-            });
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((g.n, g.c, g.out_h, g.out_w)),
-        ))
+        out.par_chunks_mut(out_area).enumerate().for_each(|(plane, out)| {
+            let channel = plane % g.c;
+            let filter = &weight[channel * taps..][..taps];
+            correlate_plane(&g, &input[plane * in_area..][..in_area], filter, out);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.out_h, g.out_w))))
     }
 
     fn bwd(
@@ -149,22 +134,9 @@ impl CustomOp2 for Forward {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, h, w) = x.dims4()?;
-        let grad_x = grad.apply_op2_no_bwd(
-            weight,
-            &GradInput {
-                padding: self.padding,
-                h,
-                w,
-            },
-        )?;
+        let grad_x = grad.apply_op2_no_bwd(weight, &GradInput { padding: self.padding, h, w })?;
         let k = weight.dim(2)?;
-        let grad_w = x.apply_op2_no_bwd(
-            &grad,
-            &GradWeight {
-                padding: self.padding,
-                k,
-            },
-        )?;
+        let grad_w = x.apply_op2_no_bwd(&grad, &GradWeight { padding: self.padding, k })?;
         Ok((Some(grad_x), Some(grad_w)))
     }
 }
@@ -190,47 +162,37 @@ impl CustomOp2 for GradInput {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, _, _) = l1.shape().dims4()?;
-        let g = Geometry::new(
-            &Shape::from((n, c, self.h, self.w)),
-            l2.shape(),
-            self.padding,
-        )?;
+        let g = Geometry::new(&Shape::from((n, c, self.h, self.w)), l2.shape(), self.padding)?;
         if l1.shape().dims4()? != (g.n, g.c, g.out_h, g.out_w) {
-            bail!(
-                "depthwise gradient of shape {:?} does not match the input",
-                l1.shape()
-            );
+            bail!("depthwise gradient of shape {:?} does not match the input", l1.shape());
         }
         let (grad, weight) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let (in_area, out_area, taps) = (g.h * g.w, g.out_h * g.out_w, g.k * g.k);
         let mut grad_in = vec![0f32; g.n * g.c * in_area];
-        grad_in
-            .par_chunks_mut(in_area)
-            .enumerate()
-            .for_each(|(plane, grad_in)| {
-                let filter = &weight[(plane % g.c) * taps..][..taps];
-                let grad = &grad[plane * out_area..][..out_area];
-                for ky in 0..g.k {
-                    for kx in 0..g.k {
-                        let weight = filter[ky * g.k + kx];
-                        let columns = g.valid_columns(kx);
-                        if columns.is_empty() {
+        grad_in.par_chunks_mut(in_area).enumerate().for_each(|(plane, grad_in)| {
+            let filter = &weight[(plane % g.c) * taps..][..taps];
+            let grad = &grad[plane * out_area..][..out_area];
+            for ky in 0..g.k {
+                for kx in 0..g.k {
+                    let weight = filter[ky * g.k + kx];
+                    let columns = g.valid_columns(kx);
+                    if columns.is_empty() {
+                        continue;
+                    }
+                    for y in 0..g.out_h {
+                        let Some(row) = g.input_row(y, ky) else {
                             continue;
-                        }
-                        for y in 0..g.out_h {
-                            let Some(row) = g.input_row(y, ky) else {
-                                continue;
-                            };
-                            let src = &grad[y * g.out_w + columns.start..][..columns.len()];
-                            let dst = &mut grad_in[row * g.w + columns.start + kx - g.pad..]
-                                [..columns.len()];
-                            for (d, s) in dst.iter_mut().zip(src) {
-                                *d += weight * s;
-                            }
+                        };
+                        let src = &grad[y * g.out_w + columns.start..][..columns.len()];
+                        let dst =
+                            &mut grad_in[row * g.w + columns.start + kx - g.pad..][..columns.len()];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d += weight * s;
                         }
                     }
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(grad_in), Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
@@ -255,43 +217,36 @@ impl CustomOp2 for GradWeight {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, _, _) = l1.shape().dims4()?;
-        let g = Geometry::new(
-            l1.shape(),
-            &Shape::from((c, 1, self.k, self.k)),
-            self.padding,
-        )?;
+        let g = Geometry::new(l1.shape(), &Shape::from((c, 1, self.k, self.k)), self.padding)?;
         let (input, grad) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let (in_area, out_area, taps) = (g.h * g.w, g.out_h * g.out_w, g.k * g.k);
         let mut grad_w = vec![0f32; g.c * taps];
-        grad_w
-            .par_chunks_mut(taps)
-            .enumerate()
-            .for_each(|(channel, grad_w)| {
-                for sample in 0..g.n {
-                    let plane = sample * g.c + channel;
-                    let input = &input[plane * in_area..][..in_area];
-                    let grad = &grad[plane * out_area..][..out_area];
-                    for ky in 0..g.k {
-                        for kx in 0..g.k {
-                            let columns = g.valid_columns(kx);
-                            if columns.is_empty() {
-                                continue;
-                            }
-                            let mut sum = 0f32;
-                            for y in 0..g.out_h {
-                                let Some(row) = g.input_row(y, ky) else {
-                                    continue;
-                                };
-                                let a = &grad[y * g.out_w + columns.start..][..columns.len()];
-                                let b = &input[row * g.w + columns.start + kx - g.pad..]
-                                    [..columns.len()];
-                                sum += dot(a, b);
-                            }
-                            grad_w[ky * g.k + kx] += sum;
+        grad_w.par_chunks_mut(taps).enumerate().for_each(|(channel, grad_w)| {
+            for sample in 0..g.n {
+                let plane = sample * g.c + channel;
+                let input = &input[plane * in_area..][..in_area];
+                let grad = &grad[plane * out_area..][..out_area];
+                for ky in 0..g.k {
+                    for kx in 0..g.k {
+                        let columns = g.valid_columns(kx);
+                        if columns.is_empty() {
+                            continue;
                         }
+                        let mut sum = 0f32;
+                        for y in 0..g.out_h {
+                            let Some(row) = g.input_row(y, ky) else {
+                                continue;
+                            };
+                            let a = &grad[y * g.out_w + columns.start..][..columns.len()];
+                            let b =
+                                &input[row * g.w + columns.start + kx - g.pad..][..columns.len()];
+                            sum += dot(a, b);
+                        }
+                        grad_w[ky * g.k + kx] += sum;
                     }
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(grad_w), Shape::from((g.c, 1, g.k, g.k))))
     }
 }
@@ -336,10 +291,7 @@ mod tests {
             let ours = depthwise_conv2d(&x, &weight, padding).unwrap();
             let theirs = x.conv2d(&weight, padding, 1, 1, 3).unwrap();
             assert_eq!(ours.dims(), theirs.dims());
-            assert!(
-                max_difference(&ours, &theirs) < 1e-5,
-                "k {k} padding {padding}"
-            );
+            assert!(max_difference(&ours, &theirs) < 1e-5, "k {k} padding {padding}");
         }
     }
 
@@ -374,34 +326,22 @@ mod tests {
                 .to_scalar()
                 .unwrap()
         };
-        let (xv, wv) = (
-            Var::from_tensor(&x).unwrap(),
-            Var::from_tensor(&weight).unwrap(),
-        );
+        let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&weight).unwrap());
         let out = depthwise_conv2d(&xv, &wv, 1).unwrap();
         let grads = (out * &mix).unwrap().sum_all().unwrap().backward().unwrap();
 
         // Central differences on a handful of entries of each argument.
         let eps = 1e-2f32;
         for (tensor, var, is_weight) in [(&x, &xv, false), (&weight, &wv, true)] {
-            let analytic: Vec<f32> = grads
-                .get(var)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let analytic: Vec<f32> =
+                grads.get(var).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let base: Vec<f32> = tensor.flatten_all().unwrap().to_vec1().unwrap();
             for i in (0..base.len()).step_by(3) {
                 let nudged = |delta: f32| {
                     let mut values = base.clone();
                     values[i] += delta;
                     let t = Tensor::from_vec(values, tensor.dims(), &Device::Cpu).unwrap();
-                    if is_weight {
-                        loss(&x, &t)
-                    } else {
-                        loss(&t, &weight)
-                    }
+                    if is_weight { loss(&x, &t) } else { loss(&t, &weight) }
                 };
                 let numeric = (nudged(eps) - nudged(-eps)) / (2.0 * f64::from(eps));
                 assert!(

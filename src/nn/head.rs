@@ -18,19 +18,9 @@ pub struct CosineHead {
 impl CosineHead {
     /// A head for embeddings of width `embedding`.
     pub fn new(b: &mut Builder, embedding: usize) -> Result<Self> {
-        let init = Init::Glorot {
-            fan_in: embedding,
-            fan_out: CLASSES,
-        };
-        let weight = b
-            .params
-            .add("cosine.weight", &[embedding, CLASSES], init, true)?;
-        b.row(
-            "cosine",
-            "CosineSimilarity",
-            vec![CLASSES],
-            weight.elem_count(),
-        );
+        let init = Init::Glorot { fan_in: embedding, fan_out: CLASSES };
+        let weight = b.params.add("cosine.weight", &[embedding, CLASSES], init, true)?;
+        b.row("cosine", "CosineSimilarity", vec![CLASSES], weight.elem_count());
         Ok(CosineHead { weight })
     }
 
@@ -68,9 +58,7 @@ mod tests {
         for class in 2..CLASSES {
             w[2 * CLASSES + class] = 1.0;
         }
-        head.weight
-            .set(&Tensor::from_vec(w, (3, CLASSES), &Device::Cpu).unwrap())
-            .unwrap();
+        head.weight.set(&Tensor::from_vec(w, (3, CLASSES), &Device::Cpu).unwrap()).unwrap();
         let embedding = Tensor::new(&[[3f32, 4.0, 0.0], [0.0, 0.0, -2.0]], &Device::Cpu).unwrap();
         let cos: Vec<Vec<f32>> = head.forward(&embedding).unwrap().to_vec2().unwrap();
         assert!((cos[0][0] - 0.6).abs() < 1e-6 && (cos[0][1] - 0.8).abs() < 1e-6);

@@ -8,12 +8,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (a, b) = (&a[..n], &b[..n]);
     let mut lanes = [0f32; 8];
     let (whole_a, whole_b) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = whole_a
-        .remainder()
-        .iter()
-        .zip(whole_b.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = whole_a.remainder().iter().zip(whole_b.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in whole_a.zip(whole_b) {
         for i in 0..8 {
             lanes[i] += x[i] * y[i];

@@ -11,6 +11,7 @@ use candle_core::{D, Result, Tensor, Var};
 use super::depthwise::depthwise_conv2d;
 use super::norm::{batch_norm_eval, batch_norm_train};
 use super::params::{Init, Params};
+use super::unfold::unfold;
 
 /// What a forward pass is for; batch normalisation behaves differently in each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,20 +49,12 @@ pub struct Builder<'a> {
 impl<'a> Builder<'a> {
     /// Starts building into `params`.
     pub fn new(params: &'a mut Params) -> Self {
-        Builder {
-            params,
-            rows: Vec::new(),
-        }
+        Builder { params, rows: Vec::new() }
     }
 
     /// Adds a summary row.
     pub fn row(&mut self, name: &str, kind: &'static str, output: Vec<usize>, params: usize) {
-        self.rows.push(LayerRow {
-            name: name.to_owned(),
-            kind,
-            output,
-            params,
-        });
+        self.rows.push(LayerRow { name: name.to_owned(), kind, output, params });
     }
 }
 
@@ -87,10 +80,7 @@ impl<L: Layer> Normalised<L> {
     /// `layer` (named `name`, with output `shape`) followed by a batch normalisation named
     /// `{name}_bn`.
     pub fn new(b: &mut Builder, name: &str, layer: L, shape: [usize; 3]) -> Result<Self> {
-        Ok(Normalised {
-            layer,
-            bn: BatchNorm::new(b, &format!("{name}_bn"), shape)?,
-        })
+        Ok(Normalised { layer, bn: BatchNorm::new(b, &format!("{name}_bn"), shape)? })
     }
 
     /// The layer, then the normalisation for `phase`.
@@ -125,50 +115,37 @@ impl Conv {
         padding: usize,
     ) -> Result<(Self, [usize; 3])> {
         let [c_in, h, w] = input;
-        let init = Init::Glorot {
-            fan_in: c_in * k * k,
-            fan_out: c_out * k * k,
-        };
-        let weight = b
-            .params
-            .add(&format!("{name}.weight"), &[c_out, c_in, k, k], init, true)?;
-        let output = [
-            c_out,
-            out_size(h, k, stride, padding),
-            out_size(w, k, stride, padding),
-        ];
+        let init = Init::Glorot { fan_in: c_in * k * k, fan_out: c_out * k * k };
+        let weight = b.params.add(&format!("{name}.weight"), &[c_out, c_in, k, k], init, true)?;
+        let output = [c_out, out_size(h, k, stride, padding), out_size(w, k, stride, padding)];
         b.row(name, "Conv2D", output.to_vec(), weight.elem_count());
-        Ok((
-            Conv {
-                weight,
-                stride,
-                padding,
-            },
-            output,
-        ))
+        Ok((Conv { weight, stride, padding }, output))
     }
 }
 
 impl Layer for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.weight.dim(2)? == 1 && self.padding == 0 {
+        let (c_out, c_in, k, _) = self.weight.dims4()?;
+        if k == 1 && self.padding == 0 {
             return pointwise(x, &self.weight.flatten_from(1)?, self.stride);
         }
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+        if !x.device().is_cpu() {
+            return x.conv2d(&self.weight, self.padding, self.stride, 1, 1);
+        }
+        let (n, _, h, w) = x.dims4()?;
+        let cols = unfold(x, k, self.stride, self.padding)?;
+        let out = self.weight.reshape((c_out, c_in * k * k))?.broadcast_left(n)?.matmul(&cols)?;
+        let (out_h, out_w) =
+            (out_size(h, k, self.stride, self.padding), out_size(w, k, self.stride, self.padding));
+        out.reshape((n, c_out, out_h, out_w))
     }
 }
 
 /// A 1 x 1 convolution as a matrix product: `weight` is `[c_out, c_in]`.
 fn pointwise(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
-    let x = if stride == 1 {
-        x.clone()
-    } else {
-        subsample(x, stride)?
-    };
+    let x = if stride == 1 { x.clone() } else { subsample(x, stride)? };
     let (n, c, h, w) = x.dims4()?;
-    let out = weight
-        .broadcast_left(n)?
-        .matmul(&x.reshape((n, c, h * w))?)?;
+    let out = weight.broadcast_left(n)?.matmul(&x.reshape((n, c, h * w))?)?;
     out.reshape((n, weight.dim(0)?, h, w))
 }
 
@@ -205,19 +182,13 @@ impl SeparableConv {
         let depthwise = b.params.add(
             &format!("{name}.depthwise"),
             &[c_in, 1, k, k],
-            Init::Glorot {
-                fan_in: c_in * k * k,
-                fan_out: k * k,
-            },
+            Init::Glorot { fan_in: c_in * k * k, fan_out: k * k },
             true,
         )?;
         let pointwise = b.params.add(
             &format!("{name}.pointwise"),
             &[c_out, c_in],
-            Init::Glorot {
-                fan_in: c_in,
-                fan_out: c_out,
-            },
+            Init::Glorot { fan_in: c_in, fan_out: c_out },
             true,
         )?;
         b.row(
@@ -226,14 +197,7 @@ impl SeparableConv {
             vec![c_out, h, w],
             depthwise.elem_count() + pointwise.elem_count(),
         );
-        Ok((
-            SeparableConv {
-                depthwise,
-                pointwise,
-                padding: k / 2,
-            },
-            [c_out, h, w],
-        ))
+        Ok((SeparableConv { depthwise, pointwise, padding: k / 2 }, [c_out, h, w]))
     }
 }
 
@@ -266,24 +230,12 @@ impl BatchNorm {
     /// A batch normalisation of `input` (`[C, H, W]`).
     pub fn new(b: &mut Builder, name: &str, input: [usize; 3]) -> Result<Self> {
         let c = input[0];
-        let gamma = b
-            .params
-            .add(&format!("{name}.gamma"), &[c], Init::Constant(1.0), true)?;
-        let beta = b
-            .params
-            .add(&format!("{name}.beta"), &[c], Init::Constant(0.0), true)?;
-        let running_mean = b.params.add(
-            &format!("{name}.moving_mean"),
-            &[c],
-            Init::Constant(0.0),
-            false,
-        )?;
-        let running_var = b.params.add(
-            &format!("{name}.moving_variance"),
-            &[c],
-            Init::Constant(1.0),
-            false,
-        )?;
+        let gamma = b.params.add(&format!("{name}.gamma"), &[c], Init::Constant(1.0), true)?;
+        let beta = b.params.add(&format!("{name}.beta"), &[c], Init::Constant(0.0), true)?;
+        let running_mean =
+            b.params.add(&format!("{name}.moving_mean"), &[c], Init::Constant(0.0), false)?;
+        let running_var =
+            b.params.add(&format!("{name}.moving_variance"), &[c], Init::Constant(1.0), false)?;
         b.row(name, "BatchNormalization", input.to_vec(), 4 * c);
         Ok(BatchNorm {
             gamma,
@@ -318,12 +270,7 @@ impl BatchNorm {
                 .zip(&var)
                 .map(|(g, v)| g / (f64::from(*v) + self.eps).sqrt() as f32)
                 .collect();
-            let shift = beta
-                .iter()
-                .zip(&mean)
-                .zip(&scale)
-                .map(|((b, m), s)| b - m * s)
-                .collect();
+            let shift = beta.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
             return batch_norm_eval(x, scale, shift, relu);
         }
         let (n, _, h, w) = x.dims4()?;
@@ -348,11 +295,8 @@ impl BatchNorm {
         let unbiased = count as f32 / (count.max(2) - 1) as f32;
         let blend = |running: &Var, batch: &mut dyn Iterator<Item = f32>| -> Result<()> {
             let old: Vec<f32> = running.as_tensor().to_vec1()?;
-            let new: Vec<f32> = old
-                .iter()
-                .zip(batch)
-                .map(|(o, b)| o * keep + b * (1.0 - keep))
-                .collect();
+            let new: Vec<f32> =
+                old.iter().zip(batch).map(|(o, b)| o * keep + b * (1.0 - keep)).collect();
             running.set(&Tensor::from_vec(new, old.len(), running.device())?)
         };
         blend(&self.running_mean, &mut mean.iter().copied())?;
@@ -384,13 +328,7 @@ mod tests {
         }
         let x = Tensor::from_vec(values, (2, 2, 2, 2), &Device::Cpu).unwrap();
         let y = bn.forward(&x, Phase::Train).unwrap();
-        let y0: Vec<f32> = y
-            .narrow(1, 0, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let y0: Vec<f32> = y.narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let mean: f32 = y0.iter().sum::<f32>() / 8.0;
         let var: f32 = y0.iter().map(|v| v * v).sum::<f32>() / 8.0;
         assert!(mean.abs() < 1e-6);
@@ -406,10 +344,7 @@ mod tests {
         bn.forward(&x, Phase::Calibrate).unwrap();
         bn.forward(&x, Phase::Calibrate).unwrap();
         let running: Vec<f32> = bn.running_mean.as_tensor().to_vec1().unwrap();
-        assert!(
-            (running[0] - 4.5).abs() < 1e-5 && (running[1] - 11.0).abs() < 1e-5,
-            "{running:?}"
-        );
+        assert!((running[0] - 4.5).abs() < 1e-5 && (running[1] - 11.0).abs() < 1e-5, "{running:?}");
         // Unbiased variance of channel 0 over 8 values: 6.0.
         let running_var: Vec<f32> = bn.running_var.as_tensor().to_vec1().unwrap();
         assert!((running_var[0] - 6.0).abs() < 1e-4, "{running_var:?}");

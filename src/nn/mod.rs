@@ -11,4 +11,5 @@ pub mod model;
 pub mod norm;
 pub mod params;
 pub mod pool;
+pub mod unfold;
 pub mod xception;

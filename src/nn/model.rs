@@ -9,6 +9,7 @@ use super::layers::{Builder, LayerRow, Phase};
 use super::params::Params;
 use super::xception::{self, Xception};
 use crate::Point;
+use crate::align::Alignment;
 use crate::views::{Boards, VIEW_COUNT, VIEW_SIZE, grid_side};
 
 /// Which backbone.
@@ -44,32 +45,64 @@ impl InputForm {
     pub fn values(self) -> usize {
         self.shape().iter().product()
     }
+}
 
-    /// Writes the input of `cloud` (already rotated) into `out` (`values()` values, 0 and 1),
-    /// using `boards` as scratch.
-    pub fn write(self, cloud: &[Point], boards: &mut Boards, out: &mut [f32]) {
-        boards.fill(cloud);
-        match self {
-            InputForm::Grid => boards.write_grid(out, 1.0),
-            InputForm::Views => boards.write_views(out, 1.0),
+/// How a cloud becomes a network input: posed, then drawn as views.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preprocess {
+    /// The pose taken first.
+    pub alignment: Alignment,
+    /// The input drawn from it.
+    pub form: InputForm,
+}
+
+/// Buffers reused from one cloud to the next by [`Preprocess::write`].
+#[derive(Debug)]
+pub struct Scratch {
+    posed: Vec<Point>,
+    boards: Boards,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch { posed: Vec::new(), boards: Boards::new(VIEW_SIZE) }
+    }
+}
+
+impl Preprocess {
+    /// Writes the input of `cloud` into `out` (`form.values()` values, 0 and 1).
+    pub fn write(&self, cloud: &[Point], scratch: &mut Scratch, out: &mut [f32]) {
+        self.alignment.apply(cloud, &mut scratch.posed);
+        scratch.boards.fill(&scratch.posed);
+        match self.form {
+            InputForm::Grid => scratch.boards.write_grid(out, 1.0),
+            InputForm::Views => scratch.boards.write_views(out, 1.0),
         }
     }
 }
 
-/// Everything that decides a model's shape; saved with every checkpoint.
+/// Everything that decides a model's shape and what it sees; saved with every checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// The backbone.
     pub architecture: Architecture,
     /// The input form.
     pub input: InputForm,
+    /// The pose clouds are put in before their views are taken.
+    #[serde(default)]
+    pub alignment: Alignment,
     /// The widths of the compact backbone (unused by Xception).
     pub compact: CompactConfig,
 }
 
 impl ModelConfig {
+    /// How clouds become this model's inputs.
+    pub fn preprocess(&self) -> Preprocess {
+        Preprocess { alignment: self.alignment, form: self.input }
+    }
+
     /// The model for `architecture` with its default input: the grid for Xception (as the
-    /// reference), the stacked views for the compact network.
+    /// reference), the stacked views for the compact network; clouds as they come.
     pub fn new(architecture: Architecture) -> Self {
         let input = match architecture {
             Architecture::Xception => InputForm::Grid,
@@ -78,6 +111,7 @@ impl ModelConfig {
         ModelConfig {
             architecture,
             input,
+            alignment: Alignment::None,
             compact: CompactConfig::default(),
         }
     }
@@ -107,10 +141,9 @@ impl Model {
         let input = config.input.shape();
         b.row("input", "InputLayer", input.to_vec(), 0);
         let (backbone, width) = match config.architecture {
-            Architecture::Xception => (
-                Backbone::Xception(Box::new(Xception::new(&mut b, input)?)),
-                xception::EMBEDDING,
-            ),
+            Architecture::Xception => {
+                (Backbone::Xception(Box::new(Xception::new(&mut b, input)?)), xception::EMBEDDING)
+            }
             Architecture::Compact => {
                 let compact = Compact::new(&mut b, input, &config.compact)?;
                 let width = compact.width();
@@ -119,13 +152,7 @@ impl Model {
         };
         let head = CosineHead::new(&mut b, width)?;
         let summary = b.rows;
-        Ok(Model {
-            config: config.clone(),
-            backbone,
-            head,
-            params,
-            summary,
-        })
+        Ok(Model { config: config.clone(), backbone, head, params, summary })
     }
 
     /// The model's configuration.
@@ -171,10 +198,7 @@ mod tests {
         assert_eq!(all - 20_480, 20_860_904);
         assert_eq!(trainable - 20_480, 20_806_376);
         let last = &model.summary()[model.summary().len() - 2];
-        assert_eq!(
-            (last.name.as_str(), last.output.as_slice()),
-            ("avg_pool", &[2048][..])
-        );
+        assert_eq!((last.name.as_str(), last.output.as_slice()), ("avg_pool", &[2048][..]));
     }
 
     #[test]
@@ -187,11 +211,7 @@ mod tests {
         )
         .unwrap();
         let embedding = model.embed(&input, Phase::Eval).unwrap();
-        let pool = model
-            .summary()
-            .iter()
-            .find(|r| r.name == "avg_pool")
-            .unwrap();
+        let pool = model.summary().iter().find(|r| r.name == "avg_pool").unwrap();
         assert_eq!(embedding.dims(), [2, pool.output[0]]);
         assert_eq!(model.cosines(&input, Phase::Eval).unwrap().dims(), [2, 10]);
         let counted: usize = model.summary().iter().map(|r| r.params).sum();
@@ -205,15 +225,7 @@ mod tests {
         let b = Model::new(&config, 7, &Device::Cpu).unwrap();
         let c = Model::new(&config, 8, &Device::Cpu).unwrap();
         let first = |m: &Model| -> Vec<f32> {
-            m.params()
-                .iter()
-                .next()
-                .unwrap()
-                .var
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
+            m.params().iter().next().unwrap().var.flatten_all().unwrap().to_vec1().unwrap()
         };
         assert_eq!(first(&a), first(&b));
         assert_ne!(first(&a), first(&c));

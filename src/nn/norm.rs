@@ -28,18 +28,9 @@ pub fn batch_norm_train(
         return by_tensor_ops(x, gamma, beta, eps, relu);
     }
     let stats = Arc::new(Mutex::new(None));
-    let op = Train {
-        eps,
-        relu,
-        stats: Arc::clone(&stats),
-    };
-    let y = x
-        .contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let stats = stats
-        .lock()
-        .expect("the statistics lock is never poisoned")
-        .clone();
+    let op = Train { eps, relu, stats: Arc::clone(&stats) };
+    let y = x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let stats = stats.lock().expect("the statistics lock is never poisoned").clone();
     Ok((y, stats.expect("the forward pass records its statistics")))
 }
 
@@ -53,8 +44,7 @@ pub fn batch_norm_eval(x: &Tensor, scale: Vec<f32>, shift: Vec<f32>, relu: bool)
         let y = x.broadcast_mul(&scale)?.broadcast_add(&shift)?;
         return if relu { y.relu() } else { Ok(y) };
     }
-    x.contiguous()?
-        .apply_op1_no_bwd(&Affine { scale, shift, relu })
+    x.contiguous()?.apply_op1_no_bwd(&Affine { scale, shift, relu })
 }
 
 /// The same training normalisation from candle's own operations, for other devices.
@@ -68,11 +58,7 @@ fn by_tensor_ops(
     let (n, c, h, w) = x.dims4()?;
     let flat = x.reshape((n, c, h * w))?;
     let mean = flat.mean_keepdim(2)?.mean_keepdim(0)?;
-    let var = flat
-        .broadcast_sub(&mean)?
-        .sqr()?
-        .mean_keepdim(2)?
-        .mean_keepdim(0)?;
+    let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
     let (mean, var) = (mean.flatten_all()?, var.flatten_all()?);
     let scale = (gamma / (&var + eps)?.sqrt()?)?;
     let shift = (beta - (&mean * &scale)?)?;
@@ -84,9 +70,7 @@ fn by_tensor_ops(
 }
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        bail!("batch normalisation supports f32 only")
-    };
+    let CpuStorage::F32(data) = storage else { bail!("batch normalisation supports f32 only") };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => bail!("batch normalisation needs contiguous tensors"),
@@ -101,11 +85,8 @@ fn channel_sums(
     area: usize,
     f: impl Fn(usize, &[f32]) -> f32 + Sync,
 ) -> Vec<f64> {
-    let planes: Vec<f32> = x
-        .par_chunks(area)
-        .enumerate()
-        .map(|(p, plane)| f(p % c, plane))
-        .collect();
+    let planes: Vec<f32> =
+        x.par_chunks(area).enumerate().map(|(p, plane)| f(p % c, plane)).collect();
     let mut sums = vec![0f64; c];
     for (p, v) in planes.iter().enumerate() {
         sums[p % c] += f64::from(*v);
@@ -134,16 +115,13 @@ fn channel_stats(x: &[f32], c: usize, area: usize) -> BatchStats {
 fn affine(x: &[f32], scale: &[f32], shift: &[f32], area: usize, relu: bool) -> Vec<f32> {
     let c = scale.len();
     let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(area)
-        .zip(x.par_chunks(area))
-        .enumerate()
-        .for_each(|(p, (y, x))| {
-            let (a, b) = (scale[p % c], shift[p % c]);
-            for (y, x) in y.iter_mut().zip(x) {
-                let v = x * a + b;
-                *y = if relu { v.max(0.0) } else { v };
-            }
-        });
+    y.par_chunks_mut(area).zip(x.par_chunks(area)).enumerate().for_each(|(p, (y, x))| {
+        let (a, b) = (scale[p % c], shift[p % c]);
+        for (y, x) in y.iter_mut().zip(x) {
+            let v = x * a + b;
+            *y = if relu { v.max(0.0) } else { v };
+        }
+    });
     y
 }
 
@@ -178,15 +156,11 @@ impl CustomOp3 for Train {
             );
         }
         let (mean, var) = channel_stats(x, c, h * w);
-        let scale: Vec<f32> = (0..c)
-            .map(|i| gamma[i] / (f64::from(var[i]) + self.eps).sqrt() as f32)
-            .collect();
+        let scale: Vec<f32> =
+            (0..c).map(|i| gamma[i] / (f64::from(var[i]) + self.eps).sqrt() as f32).collect();
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
         let y = affine(x, &scale, &shift, h * w, self.relu);
-        *self
-            .stats
-            .lock()
-            .expect("the statistics lock is never poisoned") = Some((mean, var));
+        *self.stats.lock().expect("the statistics lock is never poisoned") = Some((mean, var));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -198,22 +172,13 @@ impl CustomOp3 for Train {
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some((mean, var)) = self
-            .stats
-            .lock()
-            .expect("the statistics lock is never poisoned")
-            .clone()
+        let Some((mean, var)) =
+            self.stats.lock().expect("the statistics lock is never poisoned").clone()
         else {
             bail!("batch normalisation's backward pass ran before its forward pass");
         };
         let (n, c, h, w) = x.dims4()?;
-        let op = Backward {
-            eps: self.eps,
-            relu: self.relu,
-            gamma: gamma.to_vec1()?,
-            mean,
-            var,
-        };
+        let op = Backward { eps: self.eps, relu: self.relu, gamma: gamma.to_vec1()?, mean, var };
         let packed = x.apply_op3_no_bwd(y, &grad.contiguous()?, &op)?;
         let len = n * c * h * w;
         let grad_x = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
@@ -250,18 +215,13 @@ impl CustomOp3 for Backward {
         let area = h * w;
         let (x, y, grad) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let count = (x.len() / c) as f64;
-        let inv_std: Vec<f64> = self
-            .var
-            .iter()
-            .map(|&v| 1.0 / (f64::from(v) + self.eps).sqrt())
-            .collect();
+        let inv_std: Vec<f64> =
+            self.var.iter().map(|&v| 1.0 / (f64::from(v) + self.eps).sqrt()).collect();
         // The gradient reaching the normalisation: through the ReLU only where it passed.
         let relu = self.relu;
         let upstream = |p: usize| {
             let (g, y) = (&grad[p * area..][..area], &y[p * area..][..area]);
-            g.iter()
-                .zip(y)
-                .map(move |(&g, &y)| if relu && y <= 0.0 { 0.0 } else { g })
+            g.iter().zip(y).map(move |(&g, &y)| if relu && y <= 0.0 { 0.0 } else { g })
         };
 
         // Per plane Σ g and Σ g · x, gathered per channel: dβ = Σ g, dγ = (Σ g x − μ Σ g) / σ.
@@ -325,18 +285,9 @@ impl CustomOp1 for Affine {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = layout.shape().dims4()?;
         if self.scale.len() != c {
-            bail!(
-                "batch normalisation of {c} channels got {} scales",
-                self.scale.len()
-            );
+            bail!("batch normalisation of {c} channels got {} scales", self.scale.len());
         }
-        let y = affine(
-            f32_slice(storage, layout)?,
-            &self.scale,
-            &self.shift,
-            h * w,
-            self.relu,
-        );
+        let y = affine(f32_slice(storage, layout)?, &self.scale, &self.shift, h * w, self.relu);
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 }
@@ -377,18 +328,8 @@ mod tests {
                 assert!((a - b).abs() < 1e-4);
             }
 
-            let g1 = (ours * &mix)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (theirs * &mix)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = (ours * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (theirs * &mix).unwrap().sum_all().unwrap().backward().unwrap();
             for var in [&x, &gamma, &beta] {
                 let (a, b) = (g1.get(var).unwrap(), g2.get(var).unwrap());
                 assert!(max_difference(a, b) < 1e-3, "relu {relu}, {:?}", var.dims());
@@ -403,9 +344,6 @@ mod tests {
             .reshape((1, 2, 1, 2))
             .unwrap();
         let y = batch_norm_eval(&x, vec![2.0, -1.0], vec![0.5, 1.0], true).unwrap();
-        assert_eq!(
-            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            [2.5, 4.5, 0.0, 0.0]
-        );
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [2.5, 4.5, 0.0, 0.0]);
     }
 }

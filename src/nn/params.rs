@@ -43,11 +43,7 @@ impl Params {
     /// An empty store whose initial values come from `seed`: the same seed gives the same
     /// model.
     pub fn new(seed: u64, device: &Device) -> Self {
-        Params {
-            entries: Vec::new(),
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            device: device.clone(),
-        }
+        Params { entries: Vec::new(), rng: ChaCha8Rng::seed_from_u64(seed), device: device.clone() }
     }
 
     /// Creates a tensor named `name`.
@@ -56,18 +52,12 @@ impl Params {
         let values: Vec<f32> = match init {
             Init::Glorot { fan_in, fan_out } => {
                 let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
-                (0..n)
-                    .map(|_| self.rng.random_range(-limit..=limit))
-                    .collect()
+                (0..n).map(|_| self.rng.random_range(-limit..=limit)).collect()
             }
             Init::Constant(value) => vec![value; n],
         };
         let var = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;
-        self.entries.push(Param {
-            name: name.to_owned(),
-            var: var.clone(),
-            trainable,
-        });
+        self.entries.push(Param { name: name.to_owned(), var: var.clone(), trainable });
         Ok(var)
     }
 
@@ -78,22 +68,14 @@ impl Params {
 
     /// The tensors the optimiser trains.
     pub fn trainable(&self) -> Vec<Var> {
-        self.entries
-            .iter()
-            .filter(|p| p.trainable)
-            .map(|p| p.var.clone())
-            .collect()
+        self.entries.iter().filter(|p| p.trainable).map(|p| p.var.clone()).collect()
     }
 
     /// The number of elements, all and trainable.
     pub fn count(&self) -> (usize, usize) {
         let all = self.entries.iter().map(|p| p.var.elem_count()).sum();
-        let trainable = self
-            .entries
-            .iter()
-            .filter(|p| p.trainable)
-            .map(|p| p.var.elem_count())
-            .sum();
+        let trainable =
+            self.entries.iter().filter(|p| p.trainable).map(|p| p.var.elem_count()).sum();
         (all, trainable)
     }
 
@@ -121,19 +103,12 @@ impl Params {
                 ));
             }
         }
-        if let Some(extra) = tensors
-            .keys()
-            .find(|k| !self.entries.iter().any(|p| &&p.name == k))
-        {
+        if let Some(extra) = tensors.keys().find(|k| !self.entries.iter().any(|p| &&p.name == k)) {
             return Err(format!("it has a tensor {extra:?} this model does not"));
         }
         for p in &self.entries {
-            let t = tensors[&p.name]
-                .to_dtype(DType::F32)
-                .and_then(|t| t.to_device(&self.device));
-            p.var
-                .set(&t.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
+            let t = tensors[&p.name].to_dtype(DType::F32).and_then(|t| t.to_device(&self.device));
+            p.var.set(&t.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
         }
         Ok(())
     }

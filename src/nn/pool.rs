@@ -12,21 +12,14 @@ pub fn max_pool_same(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let pool = Pool::new(h, w, k, stride);
     if x.device().is_cpu() {
-        return x.contiguous()?.apply_op1(Kernel {
-            pool,
-            winners: Arc::default(),
-        });
+        return x.contiguous()?.apply_op1(Kernel { pool, winners: Arc::default() });
     }
     pool.by_tensor_ops(x)
 }
 
 /// The output shape of [`max_pool_same`] for one sample `[C, H, W]`.
 pub fn max_pool_same_shape(input: [usize; 3], stride: usize) -> [usize; 3] {
-    [
-        input[0],
-        input[1].div_ceil(stride),
-        input[2].div_ceil(stride),
-    ]
+    [input[0], input[1].div_ceil(stride), input[2].div_ceil(stride)]
 }
 
 /// The geometry of one pooling.
@@ -99,9 +92,7 @@ impl Pool {
         let rows = self.top + self.h + bottom;
         let x = Tensor::cat(&[&fill(rows, self.left)?, &x, &fill(rows, right)?], 3)?;
         let take = |len: usize, offset: usize| -> Result<Tensor> {
-            let idx: Vec<u32> = (0..len)
-                .map(|o| (o * self.stride + offset) as u32)
-                .collect();
+            let idx: Vec<u32> = (0..len).map(|o| (o * self.stride + offset) as u32).collect();
             Tensor::from_vec(idx, len, x.device())
         };
         let mut shifted = Vec::with_capacity(self.k * self.k);
@@ -118,9 +109,7 @@ impl Pool {
 }
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        bail!("max pooling supports f32 only")
-    };
+    let CpuStorage::F32(data) = storage else { bail!("max pooling supports f32 only") };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => bail!("max pooling needs a contiguous tensor"),
@@ -146,50 +135,34 @@ impl CustomOp1 for Kernel {
         let (in_area, out_area) = (pool.h * pool.w, pool.out_h * pool.out_w);
         let mut out = vec![0f32; n * c * out_area];
         let mut winners = vec![0u32; n * c * out_area];
-        out.par_chunks_mut(out_area)
-            .zip(winners.par_chunks_mut(out_area))
-            .enumerate()
-            .for_each(|(p, (out, winners))| {
+        out.par_chunks_mut(out_area).zip(winners.par_chunks_mut(out_area)).enumerate().for_each(
+            |(p, (out, winners))| {
                 let plane = &input[p * in_area..][..in_area];
                 pool.argmax_plane(plane, |o, i| {
                     out[o] = plane[i];
                     winners[o] = i as u32;
                 });
-            });
-        *self
-            .winners
-            .lock()
-            .expect("the winners lock is never poisoned") = Some(winners);
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((n, c, pool.out_h, pool.out_w)),
-        ))
+            },
+        );
+        *self.winners.lock().expect("the winners lock is never poisoned") = Some(winners);
+        Ok((CpuStorage::F32(out), Shape::from((n, c, pool.out_h, pool.out_w))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let winners = self
-            .winners
-            .lock()
-            .expect("the winners lock is never poisoned")
-            .clone();
+        let winners = self.winners.lock().expect("the winners lock is never poisoned").clone();
         let Some(winners) = winners else {
             bail!("max pooling's backward pass ran before its forward pass")
         };
         let grad: Vec<f32> = grad.flatten_all()?.to_vec1()?;
         let (in_area, out_area) = (self.pool.h * self.pool.w, self.pool.out_h * self.pool.out_w);
         let mut grad_in = vec![0f32; x.elem_count()];
-        grad_in
-            .par_chunks_mut(in_area)
-            .enumerate()
-            .for_each(|(p, grad_in)| {
-                let (winners, grad) = (
-                    &winners[p * out_area..][..out_area],
-                    &grad[p * out_area..][..out_area],
-                );
-                for (&i, &g) in winners.iter().zip(grad) {
-                    grad_in[i as usize] += g;
-                }
-            });
+        grad_in.par_chunks_mut(in_area).enumerate().for_each(|(p, grad_in)| {
+            let (winners, grad) =
+                (&winners[p * out_area..][..out_area], &grad[p * out_area..][..out_area]);
+            for (&i, &g) in winners.iter().zip(grad) {
+                grad_in[i as usize] += g;
+            }
+        });
         Ok(Some(Tensor::from_vec(grad_in, x.shape(), x.device())?))
     }
 }
@@ -200,10 +173,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn row(values: &[f32]) -> Tensor {
-        Tensor::new(values, &Device::Cpu)
-            .unwrap()
-            .reshape((1, 1, 1, values.len()))
-            .unwrap()
+        Tensor::new(values, &Device::Cpu).unwrap().reshape((1, 1, 1, values.len())).unwrap()
     }
 
     #[test]
@@ -212,16 +182,10 @@ mod tests {
         // [-, -4, -1], [-1, -6, -3], [-3, -2, -]: the padding never wins even where all is
         // negative.
         let y = max_pool_same(&row(&[-4.0, -1.0, -6.0, -3.0, -2.0]), 3, 2).unwrap();
-        assert_eq!(
-            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            [-1.0, -1.0, -2.0]
-        );
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [-1.0, -1.0, -2.0]);
         // 4 wide: out 2, the one pixel of padding after: windows [0, 1, 2] and [2, 3, -].
         let y = max_pool_same(&row(&[5.0, 1.0, 2.0, 7.0]), 3, 2).unwrap();
-        assert_eq!(
-            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            [5.0, 7.0]
-        );
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [5.0, 7.0]);
         assert_eq!(max_pool_same_shape([7, 125, 125], 2), [7, 63, 63]);
     }
 
@@ -230,20 +194,9 @@ mod tests {
         let x = Var::from_tensor(&row(&[-4.0, -1.0, -6.0, -3.0, -2.0])).unwrap();
         let y = max_pool_same(&x, 3, 2).unwrap();
         let weights = row(&[1.0, 10.0, 100.0]).reshape((1, 1, 1, 3)).unwrap();
-        let grads = (y * weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = (y * weights).unwrap().sum_all().unwrap().backward().unwrap();
         // -1 is the maximum of the first two windows; -2 of the last.
-        let g: Vec<f32> = grads
-            .get(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let g: Vec<f32> = grads.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(g, [0.0, 11.0, 0.0, 0.0, 100.0]);
     }
 

@@ -44,28 +44,13 @@ impl DownBlock {
         let (first, mid) = separable(b, &format!("{name}_sepconv1"), input, widths[0])?;
         let (second, out) = separable(b, &format!("{name}_sepconv2"), mid, widths[1])?;
         let pooled = max_pool_same_shape(out, 2);
-        assert_eq!(
-            pooled, shape,
-            "the shortcut and the pooled branch of {name} must agree"
-        );
-        Ok((
-            DownBlock {
-                shortcut,
-                relu_first,
-                first,
-                second,
-            },
-            pooled,
-        ))
+        assert_eq!(pooled, shape, "the shortcut and the pooled branch of {name} must agree");
+        Ok((DownBlock { shortcut, relu_first, first, second }, pooled))
     }
 
     fn forward(&self, x: &Tensor, phase: Phase) -> Result<Tensor> {
         let residual = self.shortcut.forward(x, phase)?;
-        let x = if self.relu_first {
-            x.relu()?
-        } else {
-            x.clone()
-        };
+        let x = if self.relu_first { x.relu()? } else { x.clone() };
         let x = self.first.forward_relu(&x, phase)?;
         let x = self.second.forward(&x, phase)?;
         max_pool_same(&x, 3, 2)? + residual
@@ -108,11 +93,9 @@ impl Xception {
 
         let mut shape = s;
         let mut entry = Vec::new();
-        for (block, widths, relu_first) in [
-            (2, [128, 128], false),
-            (3, [256, 256], true),
-            (4, [728, 728], true),
-        ] {
+        for (block, widths, relu_first) in
+            [(2, [128, 128], false), (3, [256, 256], true), (4, [728, 728], true)]
+        {
             let (down, next) = DownBlock::new(b, block, shape, widths, relu_first)?;
             entry.push(down);
             shape = next;
@@ -133,13 +116,7 @@ impl Xception {
         let (head1, s) = separable(b, "block14_sepconv1", s, 1536)?;
         let (head2, s) = separable(b, "block14_sepconv2", s, EMBEDDING)?;
         b.row("avg_pool", "GlobalAveragePooling2D", vec![s[0]], 0);
-        Ok(Xception {
-            stem,
-            entry,
-            middle,
-            exit,
-            head: [head1, head2],
-        })
+        Ok(Xception { stem, entry, middle, exit, head: [head1, head2] })
     }
 
     /// The embedding of a batch `[N, C, H, W]`: `[N, 2048]`.

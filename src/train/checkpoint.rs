@@ -117,10 +117,7 @@ pub fn save(
     optimizer: Option<&AdamW>,
     meta: &CheckpointMeta,
 ) -> Result<(), CheckpointError> {
-    let fail = |detail: String| DataError::Write {
-        path: path.to_owned(),
-        detail,
-    };
+    let fail = |detail: String| DataError::Write { path: path.to_owned(), detail };
     let mut tensors = model.params().tensors().map_err(|e| fail(e.to_string()))?;
     if let Some(optimizer) = optimizer {
         tensors.extend(optimizer.state().map_err(|e| fail(e.to_string()))?);
@@ -151,10 +148,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads a checkpoint written by [`save`].
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        let invalid = |detail: String| CheckpointError::Invalid {
-            path: path.to_owned(),
-            detail,
-        };
+        let invalid = |detail: String| CheckpointError::Invalid { path: path.to_owned(), detail };
         let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
         let (_, header) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
@@ -166,27 +160,18 @@ impl Checkpoint {
         let meta: CheckpointMeta =
             serde_json::from_str(json).map_err(|e| invalid(format!("bad metadata: {e}")))?;
         if meta.format != FORMAT {
-            return Err(invalid(format!(
-                "format {} (this program reads {FORMAT})",
-                meta.format
-            )));
+            return Err(invalid(format!("format {} (this program reads {FORMAT})", meta.format)));
         }
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| invalid(e.to_string()))?;
-        Ok(Checkpoint {
-            path: path.to_owned(),
-            meta,
-            tensors,
-        })
+        Ok(Checkpoint { path: path.to_owned(), meta, tensors })
     }
 
     /// A model built from the checkpoint's configuration, with its weights, on `device`.
     pub fn model(&self, device: &Device) -> Result<Model, CheckpointError> {
-        let model =
-            Model::new(&self.meta.model, 0, device).map_err(|e| CheckpointError::Invalid {
-                path: self.path.clone(),
-                detail: e.to_string(),
-            })?;
+        let model = Model::new(&self.meta.model, 0, device).map_err(|e| {
+            CheckpointError::Invalid { path: self.path.clone(), detail: e.to_string() }
+        })?;
         self.load_into(&model)?;
         Ok(model)
     }
@@ -212,13 +197,10 @@ impl Checkpoint {
             .filter(|(k, _)| !k.starts_with("adamw."))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        model
-            .params()
-            .load(&weights)
-            .map_err(|detail| CheckpointError::Mismatch {
-                path: self.path.clone(),
-                detail: format!("its tensors do not fit the model: {detail}"),
-            })
+        model.params().load(&weights).map_err(|detail| CheckpointError::Mismatch {
+            path: self.path.clone(),
+            detail: format!("its tensors do not fit the model: {detail}"),
+        })
     }
 }
 

@@ -12,9 +12,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::dataset::CloudSet;
-use crate::nn::model::InputForm;
+use crate::nn::model::{Preprocess, Scratch};
 use crate::rotation::{Angles, RotationDistribution};
-use crate::views::{Boards, VIEW_SIZE};
 
 /// Random streams of one seed, kept apart by purpose.
 #[derive(Clone, Copy, Debug)]
@@ -78,11 +77,9 @@ impl Augment {
     pub fn angles(&self, index: usize) -> Angles {
         match *self {
             Augment::None => Angles::ZERO,
-            Augment::Random {
-                distribution,
-                seed,
-                epoch,
-            } => distribution.sample(&mut rng(seed, Stream::Rotation, epoch as u64, index as u64)),
+            Augment::Random { distribution, seed, epoch } => {
+                distribution.sample(&mut rng(seed, Stream::Rotation, epoch as u64, index as u64))
+            }
         }
     }
 }
@@ -99,30 +96,23 @@ pub struct Batch {
 }
 
 /// Makes one batch, computing the inputs of its samples in parallel.
-pub fn make_batch(set: &CloudSet, indices: &[usize], form: InputForm, augment: Augment) -> Batch {
-    let len = form.values();
+pub fn make_batch(
+    set: &CloudSet,
+    indices: &[usize],
+    preprocess: Preprocess,
+    augment: Augment,
+) -> Batch {
+    let len = preprocess.form.values();
     let mut input = vec![0f32; indices.len() * len];
-    input
-        .par_chunks_mut(len)
-        .zip(indices.par_iter())
-        .for_each_init(
-            || (Boards::new(VIEW_SIZE), Vec::new()),
-            |(boards, rotated), (out, &i)| {
-                augment
-                    .angles(i)
-                    .rotation()
-                    .rotate_into(set.get(i).cloud, rotated);
-                form.write(rotated, boards, out);
-            },
-        );
-    let labels = set
-        .labels()
-        .map(|labels| indices.iter().map(|&i| u32::from(labels[i])).collect());
-    Batch {
-        indices: indices.to_vec(),
-        input,
-        labels,
-    }
+    input.par_chunks_mut(len).zip(indices.par_iter()).for_each_init(
+        || (Scratch::default(), Vec::new()),
+        |(scratch, rotated), (out, &i)| {
+            augment.angles(i).rotation().rotate_into(set.get(i).cloud, rotated);
+            preprocess.write(rotated, scratch, out);
+        },
+    );
+    let labels = set.labels().map(|labels| indices.iter().map(|&i| u32::from(labels[i])).collect());
+    Batch { indices: indices.to_vec(), input, labels }
 }
 
 /// Batches made on a background thread, a few ahead of the one in use, so that the model never
@@ -139,7 +129,7 @@ impl Prefetcher {
     pub fn spawn(
         set: Arc<CloudSet>,
         plan: Vec<Vec<usize>>,
-        form: InputForm,
+        preprocess: Preprocess,
         augment: Augment,
         ahead: usize,
     ) -> Self {
@@ -153,17 +143,13 @@ impl Prefetcher {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    if tx.send(make_batch(&set, &indices, form, augment)).is_err() {
+                    if tx.send(make_batch(&set, &indices, preprocess, augment)).is_err() {
                         return;
                     }
                 }
             })
             .expect("spawning the batch thread");
-        Prefetcher {
-            batches: Some(rx),
-            cancel,
-            worker: Some(worker),
-        }
+        Prefetcher { batches: Some(rx), cancel, worker: Some(worker) }
     }
 
     /// The next batch, or `None` when the plan is done.
@@ -186,7 +172,11 @@ impl Drop for Prefetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::align::Alignment;
     use crate::dataset::Role;
+    use crate::nn::model::InputForm;
+
+    const VIEWS: Preprocess = Preprocess { alignment: Alignment::None, form: InputForm::Views };
 
     fn labels(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 % 10) as u8).collect()
@@ -203,10 +193,7 @@ mod tests {
         let mut all: Vec<usize> = train.iter().chain(&val).copied().collect();
         all.sort_unstable();
         assert_eq!(all, (0..1000).collect::<Vec<_>>());
-        assert_eq!(
-            stratified_split(&labels, 0.2, 3),
-            (train.clone(), val.clone())
-        );
+        assert_eq!(stratified_split(&labels, 0.2, 3), (train.clone(), val.clone()));
         assert_ne!(stratified_split(&labels, 0.2, 4).1, val);
     }
 
@@ -224,46 +211,33 @@ mod tests {
     fn prefetched_batches_equal_batches_made_in_place() {
         let samples = (0..12u32)
             .map(|id| {
-                (
-                    id,
-                    Some((id % 10) as u8),
-                    vec![[0.01 * id as f32, 0.2, -0.3], [0.5, -0.5, 0.1]],
-                )
+                (id, Some((id % 10) as u8), vec![[0.01 * id as f32, 0.2, -0.3], [0.5, -0.5, 0.1]])
             })
             .collect();
         let set = Arc::new(CloudSet::from_samples(Role::Train, "t.h5".into(), samples));
-        let augment = Augment::Random {
-            distribution: RotationDistribution::Uniform,
-            seed: 9,
-            epoch: 2,
-        };
+        let augment =
+            Augment::Random { distribution: RotationDistribution::Uniform, seed: 9, epoch: 2 };
         let plan = vec![vec![0, 5, 7], vec![11, 2], vec![3]];
-        let prefetcher =
-            Prefetcher::spawn(Arc::clone(&set), plan.clone(), InputForm::Views, augment, 2);
+        let prefetcher = Prefetcher::spawn(Arc::clone(&set), plan.clone(), VIEWS, augment, 2);
         for indices in &plan {
             let batch = prefetcher.next_batch().unwrap();
-            assert_eq!(batch, make_batch(&set, indices, InputForm::Views, augment));
-            assert_eq!(batch.input.len(), indices.len() * InputForm::Views.values());
+            assert_eq!(batch, make_batch(&set, indices, VIEWS, augment));
+            assert_eq!(batch.input.len(), indices.len() * VIEWS.form.values());
         }
         assert!(prefetcher.next_batch().is_none());
         // The rotation of a sample depends on the epoch, not on which batch it is in.
         assert_eq!(augment.angles(5), augment.angles(5));
-        let other = Augment::Random {
-            distribution: RotationDistribution::Uniform,
-            seed: 9,
-            epoch: 3,
-        };
+        let other =
+            Augment::Random { distribution: RotationDistribution::Uniform, seed: 9, epoch: 3 };
         assert_ne!(augment.angles(5), other.angles(5));
     }
 
     #[test]
     fn dropping_a_prefetcher_midway_ends_its_thread() {
-        let samples = (0..4u32)
-            .map(|id| (id, Some(1), vec![[0.0, 0.0, 0.0]]))
-            .collect();
+        let samples = (0..4u32).map(|id| (id, Some(1), vec![[0.0, 0.0, 0.0]])).collect();
         let set = Arc::new(CloudSet::from_samples(Role::Train, "t.h5".into(), samples));
         let plan = vec![vec![0]; 50];
-        let prefetcher = Prefetcher::spawn(set, plan, InputForm::Views, Augment::None, 1);
+        let prefetcher = Prefetcher::spawn(set, plan, VIEWS, Augment::None, 1);
         assert!(prefetcher.next_batch().is_some());
         drop(prefetcher);
     }

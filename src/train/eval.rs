@@ -84,17 +84,14 @@ pub fn evaluate(
     loss: Option<&CurricularFace>,
     device: &Device,
 ) -> Result<Evaluation> {
-    let form = model.config().input;
-    let [c, h, w] = form.shape();
+    let preprocess = model.config().preprocess();
+    let [c, h, w] = preprocess.form.shape();
     let mut sums = vec![[0f32; CLASSES]; indices.len()];
     let mut loss_sum = 0.0;
-    let plan: Vec<Vec<usize>> = indices
-        .chunks(batch.max(1))
-        .map(<[usize]>::to_vec)
-        .collect();
+    let plan: Vec<Vec<usize>> = indices.chunks(batch.max(1)).map(<[usize]>::to_vec).collect();
 
     for (pass, augment) in passes.iter().enumerate() {
-        let prefetcher = Prefetcher::spawn(Arc::clone(set), plan.clone(), form, *augment, 2);
+        let prefetcher = Prefetcher::spawn(Arc::clone(set), plan.clone(), preprocess, *augment, 2);
         let mut offset = 0;
         while let Some(b) = prefetcher.next_batch() {
             let n = b.indices.len();
@@ -105,10 +102,7 @@ pub fn evaluate(
                 let value: f32 = loss.loss(&cosines, &labels)?.loss.to_scalar()?;
                 loss_sum += f64::from(value) * n as f64;
             }
-            for (sum, row) in sums[offset..offset + n]
-                .iter_mut()
-                .zip(cosines.to_vec2::<f32>()?)
-            {
+            for (sum, row) in sums[offset..offset + n].iter_mut().zip(cosines.to_vec2::<f32>()?) {
                 for (s, v) in sum.iter_mut().zip(row) {
                     *s += v;
                 }
@@ -129,13 +123,7 @@ pub fn evaluate(
     });
     let loss = (loss.is_some() && set.labels().is_some() && !indices.is_empty())
         .then(|| loss_sum / indices.len() as f64);
-    Ok(Evaluation {
-        indices: indices.to_vec(),
-        cosines,
-        predictions,
-        confusion,
-        loss,
-    })
+    Ok(Evaluation { indices: indices.to_vec(), cosines, predictions, confusion, loss })
 }
 
 #[cfg(test)]

@@ -267,20 +267,12 @@ impl TrainerHandle {
 
     /// Pauses after the current step.
     pub fn pause(&self) {
-        *self
-            .control
-            .paused
-            .lock()
-            .expect("the control lock is never poisoned") = true;
+        *self.control.paused.lock().expect("the control lock is never poisoned") = true;
     }
 
     /// Continues a paused run.
     pub fn resume(&self) {
-        *self
-            .control
-            .paused
-            .lock()
-            .expect("the control lock is never poisoned") = false;
+        *self.control.paused.lock().expect("the control lock is never poisoned") = false;
         self.control.wake.notify_all();
     }
 
@@ -338,9 +330,7 @@ impl Trainer {
         out: Option<PathBuf>,
         resume: Option<&Checkpoint>,
     ) -> Result<Self, TrainError> {
-        let labels = set
-            .labels()
-            .ok_or_else(|| TrainError::NoLabels(set.h5_path().to_owned()))?;
+        let labels = set.labels().ok_or_else(|| TrainError::NoLabels(set.h5_path().to_owned()))?;
         if let Some(checkpoint) = resume {
             let saved = &checkpoint.meta.train;
             if saved.model != config.model {
@@ -388,12 +378,9 @@ impl Trainer {
             checkpoint.load_into(&model)?;
             let meta = &checkpoint.meta;
             if meta.has_optimizer {
-                optimizer
-                    .restore(&checkpoint.tensors, meta.position.step)
-                    .map_err(|detail| CheckpointError::Mismatch {
-                        path: checkpoint.path.clone(),
-                        detail,
-                    })?;
+                optimizer.restore(&checkpoint.tensors, meta.position.step).map_err(|detail| {
+                    CheckpointError::Mismatch { path: checkpoint.path.clone(), detail }
+                })?;
             } else {
                 tracing::warn!(
                     "{} has no optimiser state: its moments start again from zero",
@@ -448,11 +435,7 @@ impl Trainer {
                 }
             })
             .expect("spawning the training thread");
-        TrainerHandle {
-            events: rx,
-            control,
-            thread: Some(thread),
-        }
+        TrainerHandle { events: rx, control, thread: Some(thread) }
     }
 }
 
@@ -465,10 +448,7 @@ fn check_settings(config: &TrainConfig) -> Result<(), TrainError> {
         return bad("train for at least one epoch".into());
     }
     if !(config.lr > 0.0 && config.lr.is_finite()) {
-        return bad(format!(
-            "the learning rate must be positive, not {}",
-            config.lr
-        ));
+        return bad(format!("the learning rate must be positive, not {}", config.lr));
     }
     if !(0.0..1.0).contains(&config.val_fraction) {
         return bad(format!(
@@ -476,10 +456,7 @@ fn check_settings(config: &TrainConfig) -> Result<(), TrainError> {
             config.val_fraction
         ));
     }
-    if config
-        .time_limit_minutes
-        .is_some_and(|m| m <= 0.0 || m.is_nan())
-    {
+    if config.time_limit_minutes.is_some_and(|m| m <= 0.0 || m.is_nan()) {
         return bad("the time limit must be positive".into());
     }
     Ok(())
@@ -557,10 +534,7 @@ impl Run {
                 break;
             }
         }
-        self.send(Event::Finished {
-            reason,
-            best_val_accuracy: self.trainer.best,
-        });
+        self.send(Event::Finished { reason, best_val_accuracy: self.trainer.best });
         Ok(())
     }
 
@@ -570,19 +544,12 @@ impl Run {
         let config = &t.config;
         let (epoch, first) = (t.position.epoch, t.position.batch);
         let order = epoch_order(&t.train, config.seed, epoch);
-        let plan: Vec<Vec<usize>> = order
-            .chunks_exact(config.batch)
-            .skip(first)
-            .map(<[usize]>::to_vec)
-            .collect();
-        let augment = Augment::Random {
-            distribution: config.augment,
-            seed: config.seed,
-            epoch,
-        };
-        let form = config.model.input;
-        let [c, h, w] = form.shape();
-        let prefetcher = Prefetcher::spawn(Arc::clone(&t.set), plan, form, augment, 3);
+        let plan: Vec<Vec<usize>> =
+            order.chunks_exact(config.batch).skip(first).map(<[usize]>::to_vec).collect();
+        let augment = Augment::Random { distribution: config.augment, seed: config.seed, epoch };
+        let preprocess = config.model.preprocess();
+        let [c, h, w] = preprocess.form.shape();
+        let prefetcher = Prefetcher::spawn(Arc::clone(&t.set), plan, preprocess, augment, 3);
 
         let batches = self.batches_per_epoch();
         let mut tally = Tally::default();
@@ -610,11 +577,7 @@ impl Run {
 
             let loss: f32 = out.loss.to_scalar()?;
             let predicted: Vec<u32> = cosines.argmax(1)?.to_vec1()?;
-            let correct = predicted
-                .iter()
-                .zip(&labels)
-                .filter(|(p, l)| p == l)
-                .count();
+            let correct = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
             tally.loss += f64::from(loss);
             tally.correct += correct as f64;
             tally.samples += n;
@@ -644,19 +607,12 @@ impl Run {
 
     /// Waits while paused; says whether to stop, and why.
     fn interruption(&self) -> Option<Reason> {
-        let mut paused = self
-            .control
-            .paused
-            .lock()
-            .expect("the control lock is never poisoned");
+        let mut paused = self.control.paused.lock().expect("the control lock is never poisoned");
         if *paused && !self.control.stop.load(Ordering::Relaxed) {
             self.send(Event::Paused);
             while *paused && !self.control.stop.load(Ordering::Relaxed) {
-                paused = self
-                    .control
-                    .wake
-                    .wait(paused)
-                    .expect("the control lock is never poisoned");
+                paused =
+                    self.control.wake.wait(paused).expect("the control lock is never poisoned");
             }
             self.send(Event::Resumed);
         }
@@ -687,11 +643,7 @@ impl Run {
             .iter()
             .zip(&evaluation.predictions)
             .filter(|&(&i, &p)| labels[i] != p)
-            .map(|(&i, &p)| Mistake {
-                index: i,
-                label: labels[i],
-                predicted: p,
-            })
+            .map(|(&i, &p)| Mistake { index: i, label: labels[i], predicted: p })
             .collect();
 
         let record = EpochRecord {
@@ -719,12 +671,7 @@ impl Run {
             record.val_accuracy,
             record.t
         );
-        let report = EpochReport {
-            record,
-            confusion,
-            mistakes,
-            best,
-        };
+        let report = EpochReport { record, confusion, mistakes, best };
         self.send(Event::Epoch(Box::new(report)));
         self.save(best)
     }
@@ -746,9 +693,9 @@ impl Run {
             seed: config.seed,
             epoch: t.position.epoch,
         };
-        let form = config.model.input;
-        let [c, h, w] = form.shape();
-        let prefetcher = Prefetcher::spawn(Arc::clone(&t.set), plan, form, augment, 2);
+        let preprocess = config.model.preprocess();
+        let [c, h, w] = preprocess.form.shape();
+        let prefetcher = Prefetcher::spawn(Arc::clone(&t.set), plan, preprocess, augment, 2);
         while let Some(batch) = prefetcher.next_batch() {
             let input = Tensor::from_vec(batch.input, (batch.indices.len(), c, h, w), &t.device)?;
             t.model.embed(&input, Phase::Calibrate)?;
@@ -781,10 +728,7 @@ impl Run {
                 &path,
                 &t.model,
                 None,
-                &CheckpointMeta {
-                    has_optimizer: false,
-                    ..meta
-                },
+                &CheckpointMeta { has_optimizer: false, ..meta },
             )?;
             self.send(Event::Saved(path));
         }
@@ -811,7 +755,5 @@ fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<(), DataError> 
             r.seconds
         ));
     }
-    write_atomically(path, |tmp| {
-        std::fs::write(tmp, &text).map_err(|e| DataError::io(path, e))
-    })
+    write_atomically(path, |tmp| std::fs::write(tmp, &text).map_err(|e| DataError::io(path, e)))
 }

@@ -26,12 +26,7 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// β₁ 0.9, β₂ 0.999, ε 1e-8, weight decay 1e-4.
     fn default() -> Self {
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 1e-4,
-        }
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 }
     }
 }
 
@@ -66,22 +61,13 @@ impl AdamW {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(AdamW {
-            config,
-            slots,
-            steps: 0,
-        })
+        Ok(AdamW { config, slots, steps: 0 })
     }
 
     /// Updates every tensor that has a gradient, at learning rate `lr`.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.steps += 1;
-        let AdamWConfig {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.config;
+        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
         let correct1 = 1.0 / (1.0 - beta1.powi(self.steps as i32));
         let correct2 = 1.0 / (1.0 - beta2.powi(self.steps as i32));
         for slot in &self.slots {
@@ -132,9 +118,8 @@ impl AdamW {
     ) -> std::result::Result<(), String> {
         let find = |kind: &str, slot: &Slot| -> std::result::Result<Tensor, String> {
             let key = format!("adamw.{kind}.{}", slot.name);
-            let t = tensors
-                .get(&key)
-                .ok_or_else(|| format!("it has no optimiser state {key:?}"))?;
+            let t =
+                tensors.get(&key).ok_or_else(|| format!("it has no optimiser state {key:?}"))?;
             if t.dims() != slot.var.dims() {
                 return Err(format!(
                     "{key:?} has shape {:?}, expected {:?}",
@@ -188,11 +173,7 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_zero() {
-        let s = Schedule {
-            peak: 1.0,
-            warmup: 10,
-            total: 110,
-        };
+        let s = Schedule { peak: 1.0, warmup: 10, total: 110 };
         assert!((s.at(0) - 0.1).abs() < 1e-12);
         assert!((s.at(9) - 1.0).abs() < 1e-12);
         assert!((s.at(10) - 1.0).abs() < 1e-12);
@@ -214,14 +195,8 @@ mod tests {
         opt.step(&loss.backward().unwrap(), 0.1).unwrap();
         let got: Vec<f32> = w.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let decayed = 1.0 - 0.1 * 1e-4;
-        assert!(
-            (f64::from(got[0]) - (decayed - 0.1)).abs() < 1e-6,
-            "{got:?}"
-        );
-        assert!(
-            (f64::from(got[1]) - (decayed + 0.1)).abs() < 1e-6,
-            "{got:?}"
-        );
+        assert!((f64::from(got[0]) - (decayed - 0.1)).abs() < 1e-6, "{got:?}");
+        assert!((f64::from(got[1]) - (decayed + 0.1)).abs() < 1e-6, "{got:?}");
     }
 
     #[test]
@@ -233,14 +208,7 @@ mod tests {
         };
         let grad_of = |w: &Var, k: f32| {
             let target = Tensor::new(&[[k, 1.0], [0.0, -k]], &Device::Cpu).unwrap();
-            (w.as_tensor() - target)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
+            (w.as_tensor() - target).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap()
         };
         let (params_a, wa) = make();
         let mut a = AdamW::new(&params_a, AdamWConfig::default()).unwrap();

@@ -1,0 +1,202 @@
+//! Canonical orientation: turning a cloud so that any rotated copy of it lands in the same pose,
+//! which makes a randomly rotated 3D digit a plain 2D digit again.
+//!
+//! The `pca` pose moves the cloud's mean to the origin and its principal axes onto x, y and z,
+//! largest variance first: a lifted digit is a thin slab, so its plane becomes the (x, y) plane
+//! and its thin extrusion axis becomes z. Each axis direction is only defined up to sign, and
+//! the rule that picks it is: x and y point the way the cloud's third moment along them is
+//! positive (the side its mass has the longer tail on), and z completes a right-handed frame, so
+//! the pose is a proper rotation of the input (never a mirror image).
+//!
+//! What this cannot undo: when a third moment is near zero the sign of that axis is a coin toss,
+//! so a symmetric digit can land turned by 180 degrees about z (a half turn, which maps the
+//! board to its rot90(·, 2) view) or flipped over about x or y; and when two variances are nearly
+//! equal the first two axes can swap. A 6 turned upside down is a 9, so those two digits are
+//! exactly the pair such symmetries can confuse.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Point;
+use crate::rotation::Rotation;
+
+/// How clouds are posed before their views are taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Alignment {
+    /// As they come.
+    #[default]
+    None,
+    /// Principal axes onto x, y, z, signs by the third moment.
+    Pca,
+}
+
+impl Alignment {
+    /// `cloud` posed, into `out` (cleared first).
+    pub fn apply(self, cloud: &[Point], out: &mut Vec<Point>) {
+        match self {
+            Alignment::None => {
+                out.clear();
+                out.extend_from_slice(cloud);
+            }
+            Alignment::Pca => {
+                let (mean, rotation) = pca_pose(cloud);
+                out.clear();
+                out.extend(
+                    cloud
+                        .iter()
+                        .map(|p| rotation.apply([p[0] - mean[0], p[1] - mean[1], p[2] - mean[2]])),
+                );
+            }
+        }
+    }
+}
+
+/// The mean of `cloud` and the rotation that takes it (once centred) to its canonical pose.
+pub fn pca_pose(cloud: &[Point]) -> (Point, Rotation) {
+    if cloud.is_empty() {
+        return ([0.0; 3], Rotation::IDENTITY);
+    }
+    let n = cloud.len() as f64;
+    let mean = [0, 1, 2].map(|k| cloud.iter().map(|p| f64::from(p[k])).sum::<f64>() / n);
+    let mut cov = [[0f64; 3]; 3];
+    for p in cloud {
+        let d = [0, 1, 2].map(|k| f64::from(p[k]) - mean[k]);
+        for i in 0..3 {
+            for j in 0..3 {
+                cov[i][j] += d[i] * d[j] / n;
+            }
+        }
+    }
+    let (values, vectors) = symmetric_eigen(cov);
+
+    // Largest variance first.
+    let mut order = [0, 1, 2];
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    let axis = |k: usize| [vectors[0][order[k]], vectors[1][order[k]], vectors[2][order[k]]];
+    let third_moment = |e: [f64; 3]| {
+        cloud
+            .iter()
+            .map(|p| {
+                let t: f64 = (0..3).map(|k| (f64::from(p[k]) - mean[k]) * e[k]).sum();
+                t * t * t
+            })
+            .sum::<f64>()
+    };
+    let oriented = |e: [f64; 3]| if third_moment(e) < 0.0 { e.map(|v| -v) } else { e };
+    let (x, y) = (oriented(axis(0)), oriented(axis(1)));
+    let z = [x[1] * y[2] - x[2] * y[1], x[2] * y[0] - x[0] * y[2], x[0] * y[1] - x[1] * y[0]];
+    // The rows of the rotation are the new axes: p ↦ (p·x, p·y, p·z).
+    (mean.map(|v| v as f32), Rotation::from_rows([x, y, z]))
+}
+
+/// Eigenvalues and eigenvectors (as the columns of the matrix) of a symmetric 3 x 3 matrix, by
+/// Jacobi rotations.
+fn symmetric_eigen(mut a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
+    let mut v = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+    for _ in 0..50 {
+        let off = a[0][1].abs() + a[0][2].abs() + a[1][2].abs();
+        if off < 1e-15 * (a[0][0].abs() + a[1][1].abs() + a[2][2].abs()).max(1e-300) {
+            break;
+        }
+        for (p, q) in [(0, 1), (0, 2), (1, 2)] {
+            if a[p][q].abs() < 1e-300 {
+                continue;
+            }
+            // The rotation in the (p, q) plane that zeroes a[p][q].
+            let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+            let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+            let t = if theta == 0.0 { 1.0 } else { t };
+            let c = 1.0 / (t * t + 1.0).sqrt();
+            let s = t * c;
+            for k in 0..3 {
+                let (akp, akq) = (a[k][p], a[k][q]);
+                a[k][p] = c * akp - s * akq;
+                a[k][q] = s * akp + c * akq;
+            }
+            for k in 0..3 {
+                let (apk, aqk) = (a[p][k], a[q][k]);
+                a[p][k] = c * apk - s * aqk;
+                a[q][k] = s * apk + c * aqk;
+            }
+            for row in &mut v {
+                let (vkp, vkq) = (row[p], row[q]);
+                row[p] = c * vkp - s * vkq;
+                row[q] = s * vkp + c * vkq;
+            }
+        }
+    }
+    ([a[0][0], a[1][1], a[2][2]], v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lift::{DIGIT_SIDE, Digit, LiftConfig, lift_digit};
+    use crate::rotation::RotationDistribution;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn eigen_decomposition_reconstructs_the_matrix() {
+        let m = [[4.0, 1.0, 0.5], [1.0, 3.0, -0.2], [0.5, -0.2, 1.0]];
+        let (values, v) = symmetric_eigen(m);
+        for i in 0..3 {
+            for j in 0..3 {
+                let back: f64 = (0..3).map(|k| v[i][k] * values[k] * v[j][k]).sum();
+                assert!((back - m[i][j]).abs() < 1e-9, "({i}, {j})");
+            }
+        }
+    }
+
+    /// An asymmetric shape: a long bar with a short bar off one end (an L), lifted unrotated.
+    fn l_shape() -> Vec<Point> {
+        let mut pixels = vec![0.0; DIGIT_SIDE * DIGIT_SIDE];
+        for k in 6..22 {
+            pixels[k * DIGIT_SIDE + 10] = 1.0;
+        }
+        for k in 10..16 {
+            pixels[21 * DIGIT_SIDE + k] = 1.0;
+        }
+        let config = LiftConfig { rotation: RotationDistribution::None, ..LiftConfig::default() };
+        lift_digit(&Digit { label: 7, pixels }, &config, &mut ChaCha8Rng::seed_from_u64(1)).0
+    }
+
+    #[test]
+    fn a_cloud_and_any_rotation_of_it_land_in_the_same_pose() {
+        let cloud = l_shape();
+        let mut reference = Vec::new();
+        Alignment::Pca.apply(&cloud, &mut reference);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut posed = Vec::new();
+        for _ in 0..50 {
+            let rotated = RotationDistribution::Uniform.sample(&mut rng).rotation().rotate(&cloud);
+            Alignment::Pca.apply(&rotated, &mut posed);
+            let worst = reference
+                .iter()
+                .zip(&posed)
+                .map(|(a, b)| (0..3).map(|k| (a[k] - b[k]).abs()).fold(0f32, f32::max))
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{worst}");
+        }
+    }
+
+    #[test]
+    fn the_pose_puts_the_slab_in_the_xy_plane_largest_spread_on_x() {
+        let mut posed = Vec::new();
+        Alignment::Pca.apply(&l_shape(), &mut posed);
+        let spread = |k: usize| posed.iter().map(|p| p[k] * p[k]).sum::<f32>();
+        assert!(spread(0) > spread(1) && spread(1) > spread(2));
+        let mean_z: f32 = posed.iter().map(|p| p[2]).sum::<f32>() / posed.len() as f32;
+        assert!(mean_z.abs() < 1e-5);
+    }
+
+    #[test]
+    fn the_pose_is_a_rotation_not_a_mirror_image() {
+        let (_, r) = pca_pose(&l_shape());
+        let m = r.matrix();
+        let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+        assert!((det - 1.0).abs() < 1e-9, "{det}");
+    }
+}
