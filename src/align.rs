@@ -52,6 +52,8 @@ impl Alignment {
 }
 
 /// The mean of `cloud` and the rotation that takes it (once centred) to its canonical pose.
+// LIMITATION: the third-moment sign rule can flip a digit over (a mirror image in the (x, y)
+// view) where a moment is near zero; the pose knows nothing of which way up the input came.
 pub fn pca_pose(cloud: &[Point]) -> (Point, Rotation) {
     if cloud.is_empty() {
         return ([0.0; 3], Rotation::IDENTITY);
@@ -108,15 +110,16 @@ fn symmetric_eigen(mut a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
             let t = if theta == 0.0 { 1.0 } else { t };
             let c = 1.0 / (t * t + 1.0).sqrt();
             let s = t * c;
-            for k in 0..3 {
-                let (akp, akq) = (a[k][p], a[k][q]);
-                a[k][p] = c * akp - s * akq;
-                a[k][q] = s * akp + c * akq;
+            // A ← Jᵀ A J: columns p and q, then rows p and q.
+            for row in &mut a {
+                let (akp, akq) = (row[p], row[q]);
+                row[p] = c * akp - s * akq;
+                row[q] = s * akp + c * akq;
             }
+            let (row_p, row_q) = (a[p], a[q]);
             for k in 0..3 {
-                let (apk, aqk) = (a[p][k], a[q][k]);
-                a[p][k] = c * apk - s * aqk;
-                a[q][k] = s * apk + c * aqk;
+                a[p][k] = c * row_p[k] - s * row_q[k];
+                a[q][k] = s * row_p[k] + c * row_q[k];
             }
             for row in &mut v {
                 let (vkp, vkq) = (row[p], row[q]);

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use digit3d::align::Alignment;
@@ -12,6 +13,9 @@ use digit3d::rotation::RotationDistribution;
 use digit3d::train::checkpoint::Checkpoint;
 use digit3d::train::{DeviceChoice, Event, Reason, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// How often a run without a terminal logs its progress.
+const LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// Arguments of `digit3d train`.
 #[derive(Debug, clap::Args)]
@@ -96,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .expect("a valid template")
             .progress_chars("=> "),
     );
+    let mut last_line = Instant::now();
     while let Some(event) = handle.next_event() {
         match event {
             Event::Started { train, val, batches, position, .. } => {
@@ -106,12 +111,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 bar.set_position(position.batch as u64);
             }
             Event::Step(s) => {
+                let progress = format!(
+                    "loss {:.3} acc {:.3} t {:.3} lr {:.1e} {:.1} samples/s",
+                    s.loss, s.accuracy, s.t, s.lr, s.samples_per_sec
+                );
+                // Without a terminal the bar is not drawn: say where the run is now and then.
+                if bar.is_hidden() && last_line.elapsed() >= LOG_EVERY {
+                    tracing::info!("epoch {} batch {}/{}: {progress}", s.epoch, s.batch, s.batches);
+                    last_line = Instant::now();
+                }
                 bar.set_prefix(format!("epoch {}", s.epoch));
                 bar.set_position(s.batch as u64);
-                bar.set_message(format!(
-                    "loss {:.3} acc {:.3} t {:.3} lr {:.1e} {:.0} samples/s",
-                    s.loss, s.accuracy, s.t, s.lr, s.samples_per_sec
-                ));
+                bar.set_message(progress);
             }
             Event::Epoch(_) => bar.reset_eta(),
             Event::Saved(path) => tracing::debug!("wrote {}", path.display()),

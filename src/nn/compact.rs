@@ -20,6 +20,8 @@ pub struct CompactConfig {
     pub depths: Vec<usize>,
 }
 
+// LIMITATION: on 8,000 lifted digits this reaches 0.84 test accuracy in 15 minutes on two cores
+// (0.88 with the PCA pose), short of 0.95: it underfits, and a wider one trains too slowly.
 impl Default for CompactConfig {
     /// A 1 x 1 stem to 32 channels, then stages of 48, 96 and 192 channels with one, two and two
     /// separable convolutions: about 22 million multiply-adds per sample on the stacked views,

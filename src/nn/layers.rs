@@ -152,7 +152,8 @@ fn pointwise(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
     // With narrow ones (the compact model) the two transposes it needs cost more than that
     // saves (77 -> 65 samples/s), so those keep one product per sample.
     if c * c_out >= WIDE_POINTWISE {
-        let columns = x.reshape((n, c, h * w))?.transpose(0, 1)?.contiguous()?.reshape((c, n * h * w))?;
+        let columns =
+            x.reshape((n, c, h * w))?.transpose(0, 1)?.contiguous()?.reshape((c, n * h * w))?;
         let out = weight.matmul(&columns)?.reshape((c_out, n, h * w))?;
         return out.transpose(0, 1)?.contiguous()?.reshape((n, c_out, h, w));
     }
