@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::lanes::dot;
+use super::cpu::{dot, f32_data};
 
 /// `x` of shape `[N, C, H, W]` convolved with `weight` of shape `[C, 1, k, k]` (the layout of
 /// `conv2d` with `groups = C`), stride 1, `padding` zeros on every side: the result has shape
@@ -49,50 +49,35 @@ impl Geometry {
         Ok(Geometry { n, c, h, w, k, pad, out_h: h + 2 * pad - k + 1, out_w: w + 2 * pad - k + 1 })
     }
 
-    /// The output columns `x` for which input column `x + kx - pad` exists, as a range.
-    fn valid_columns(&self, kx: usize) -> std::ops::Range<usize> {
-        let start = self.pad.saturating_sub(kx);
-        let end = (self.w + self.pad).saturating_sub(kx).min(self.out_w);
-        start..end.max(start)
-    }
-
-    /// The input row read by output row `y` through filter row `ky`, if it exists.
-    fn input_row(&self, y: usize, ky: usize) -> Option<usize> {
-        (y + ky).checked_sub(self.pad).filter(|&row| row < self.h)
-    }
-}
-
-/// The f32 data of a contiguous CPU tensor.
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        bail!("depthwise convolution supports f32 only");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("depthwise convolution needs contiguous tensors"),
-    }
-}
-
-/// out[y][x] += Σ w[ky][kx] · in[y + ky - pad][x + kx - pad], for one channel plane.
-fn correlate_plane(g: &Geometry, input: &[f32], filter: &[f32], out: &mut [f32]) {
-    for ky in 0..g.k {
-        for kx in 0..g.k {
-            let weight = filter[ky * g.k + kx];
-            let columns = g.valid_columns(kx);
-            if columns.is_empty() {
-                continue;
-            }
-            for y in 0..g.out_h {
-                let Some(row) = g.input_row(y, ky) else {
+    /// Calls `f(tap, out, input, len)` for every filter tap and output row: the output row
+    /// segment starting at `out` and the input row segment starting at `input`, both `len` long,
+    /// that the tap `ky * k + kx` pairs up within one channel plane (only where the input lies
+    /// inside the image). The forward pass and both gradients walk these same pairs.
+    fn for_each_segment(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
+        for ky in 0..self.k {
+            for kx in 0..self.k {
+                // Output columns x whose input column x + kx - pad lies in 0..w.
+                let first = self.pad.saturating_sub(kx);
+                let end = (self.w + self.pad).saturating_sub(kx).min(self.out_w);
+                if end <= first {
                     continue;
-                };
-                let src = &input[row * g.w + columns.start + kx - g.pad..][..columns.len()];
-                let dst = &mut out[y * g.out_w + columns.start..][..columns.len()];
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d += weight * s;
+                }
+                for y in 0..self.out_h {
+                    let Some(row) = (y + ky).checked_sub(self.pad).filter(|&r| r < self.h) else {
+                        continue;
+                    };
+                    let input = row * self.w + first + kx - self.pad;
+                    f(ky * self.k + kx, y * self.out_w + first, input, end - first);
                 }
             }
         }
+    }
+}
+
+/// `dst[i] += weight · src[i]`.
+fn add_scaled(dst: &mut [f32], weight: f32, src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += weight * s;
     }
 }
 
@@ -114,13 +99,18 @@ impl CustomOp2 for Forward {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.shape(), l2.shape(), self.padding)?;
-        let (input, weight) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (input, weight) = (
+            f32_data(s1, l1, "depthwise convolution")?,
+            f32_data(s2, l2, "depthwise convolution")?,
+        );
         let (in_area, out_area, taps) = (g.h * g.w, g.out_h * g.out_w, g.k * g.k);
         let mut out = vec![0f32; g.n * g.c * out_area];
         out.par_chunks_mut(out_area).enumerate().for_each(|(plane, out)| {
-            let channel = plane % g.c;
-            let filter = &weight[channel * taps..][..taps];
-            correlate_plane(&g, &input[plane * in_area..][..in_area], filter, out);
+            let filter = &weight[(plane % g.c) * taps..][..taps];
+            let input = &input[plane * in_area..][..in_area];
+            g.for_each_segment(|tap, o, i, len| {
+                add_scaled(&mut out[o..o + len], filter[tap], &input[i..i + len]);
+            });
         });
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.out_h, g.out_w))))
     }
@@ -166,32 +156,18 @@ impl CustomOp2 for GradInput {
         if l1.shape().dims4()? != (g.n, g.c, g.out_h, g.out_w) {
             bail!("depthwise gradient of shape {:?} does not match the input", l1.shape());
         }
-        let (grad, weight) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (grad, weight) = (
+            f32_data(s1, l1, "depthwise convolution")?,
+            f32_data(s2, l2, "depthwise convolution")?,
+        );
         let (in_area, out_area, taps) = (g.h * g.w, g.out_h * g.out_w, g.k * g.k);
         let mut grad_in = vec![0f32; g.n * g.c * in_area];
         grad_in.par_chunks_mut(in_area).enumerate().for_each(|(plane, grad_in)| {
             let filter = &weight[(plane % g.c) * taps..][..taps];
             let grad = &grad[plane * out_area..][..out_area];
-            for ky in 0..g.k {
-                for kx in 0..g.k {
-                    let weight = filter[ky * g.k + kx];
-                    let columns = g.valid_columns(kx);
-                    if columns.is_empty() {
-                        continue;
-                    }
-                    for y in 0..g.out_h {
-                        let Some(row) = g.input_row(y, ky) else {
-                            continue;
-                        };
-                        let src = &grad[y * g.out_w + columns.start..][..columns.len()];
-                        let dst =
-                            &mut grad_in[row * g.w + columns.start + kx - g.pad..][..columns.len()];
-                        for (d, s) in dst.iter_mut().zip(src) {
-                            *d += weight * s;
-                        }
-                    }
-                }
-            }
+            g.for_each_segment(|tap, o, i, len| {
+                add_scaled(&mut grad_in[i..i + len], filter[tap], &grad[o..o + len]);
+            });
         });
         Ok((CpuStorage::F32(grad_in), Shape::from((g.n, g.c, g.h, g.w))))
     }
@@ -218,7 +194,10 @@ impl CustomOp2 for GradWeight {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, _, _) = l1.shape().dims4()?;
         let g = Geometry::new(l1.shape(), &Shape::from((c, 1, self.k, self.k)), self.padding)?;
-        let (input, grad) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (input, grad) = (
+            f32_data(s1, l1, "depthwise convolution")?,
+            f32_data(s2, l2, "depthwise convolution")?,
+        );
         let (in_area, out_area, taps) = (g.h * g.w, g.out_h * g.out_w, g.k * g.k);
         let mut grad_w = vec![0f32; g.c * taps];
         grad_w.par_chunks_mut(taps).enumerate().for_each(|(channel, grad_w)| {
@@ -226,25 +205,9 @@ impl CustomOp2 for GradWeight {
                 let plane = sample * g.c + channel;
                 let input = &input[plane * in_area..][..in_area];
                 let grad = &grad[plane * out_area..][..out_area];
-                for ky in 0..g.k {
-                    for kx in 0..g.k {
-                        let columns = g.valid_columns(kx);
-                        if columns.is_empty() {
-                            continue;
-                        }
-                        let mut sum = 0f32;
-                        for y in 0..g.out_h {
-                            let Some(row) = g.input_row(y, ky) else {
-                                continue;
-                            };
-                            let a = &grad[y * g.out_w + columns.start..][..columns.len()];
-                            let b =
-                                &input[row * g.w + columns.start + kx - g.pad..][..columns.len()];
-                            sum += dot(a, b);
-                        }
-                        grad_w[ky * g.k + kx] += sum;
-                    }
-                }
+                g.for_each_segment(|tap, o, i, len| {
+                    grad_w[tap] += dot(&grad[o..o + len], &input[i..i + len]);
+                });
             }
         });
         Ok((CpuStorage::F32(grad_w), Shape::from((g.c, 1, g.k, g.k))))
@@ -254,40 +217,18 @@ impl CustomOp2 for GradWeight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device, Var};
+    use crate::nn::testing::max_difference;
+    use candle_core::{Device, Var};
 
-    fn random(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let values: Vec<f32> = (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+    fn random(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
     }
 
     #[test]
     fn forward_matches_grouped_conv2d() {
         for (k, padding, h, w) in [(3, 1, 7, 9), (3, 0, 6, 5), (5, 2, 8, 8), (1, 0, 4, 3)] {
-            let x = random(&[2, 3, h, w], 1);
-            let weight = random(&[3, 1, k, k], 2);
+            let x = random(&[2, 3, h, w]);
+            let weight = random(&[3, 1, k, k]);
             let ours = depthwise_conv2d(&x, &weight, padding).unwrap();
             let theirs = x.conv2d(&weight, padding, 1, 1, 3).unwrap();
             assert_eq!(ours.dims(), theirs.dims());
@@ -297,10 +238,10 @@ mod tests {
 
     #[test]
     fn gradients_match_grouped_conv2d() {
-        let x = Var::from_tensor(&random(&[2, 4, 6, 7], 3)).unwrap();
-        let weight = Var::from_tensor(&random(&[4, 1, 3, 3], 4)).unwrap();
+        let x = Var::from_tensor(&random(&[2, 4, 6, 7])).unwrap();
+        let weight = Var::from_tensor(&random(&[4, 1, 3, 3])).unwrap();
         // A fixed random weighting of the output, so every output pixel matters differently.
-        let mix = random(&[2, 4, 6, 7], 5);
+        let mix = random(&[2, 4, 6, 7]);
         let grads = |out: Tensor| (out * &mix).unwrap().sum_all().unwrap().backward().unwrap();
         let ours = grads(depthwise_conv2d(&x, &weight, 1).unwrap());
         let theirs = grads(x.conv2d(&weight, 1, 1, 1, 4).unwrap());
@@ -312,9 +253,9 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        let x = random(&[1, 2, 5, 5], 6);
-        let weight = random(&[2, 1, 3, 3], 7);
-        let mix = random(&[1, 2, 5, 5], 8);
+        let x = random(&[1, 2, 5, 5]);
+        let weight = random(&[2, 1, 3, 3]);
+        let mix = random(&[1, 2, 5, 5]);
         let loss = |x: &Tensor, weight: &Tensor| -> f64 {
             let out = depthwise_conv2d(x, weight, 1).unwrap();
             (out * &mix)

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::lanes::{dot, sum_map};
+use super::cpu::{dot, f32_data, sum_map};
 
 /// The per-channel mean and (biased) variance of the batch a training pass normalised with.
 pub type BatchStats = (Vec<f32>, Vec<f32>);
@@ -67,14 +67,6 @@ fn by_tensor_ops(
         .broadcast_add(&shift.reshape((1, c, 1, 1))?)?;
     let y = if relu { y.relu()? } else { y };
     Ok((y, (mean.to_vec1()?, var.to_vec1()?)))
-}
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { bail!("batch normalisation supports f32 only") };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("batch normalisation needs contiguous tensors"),
-    }
 }
 
 /// Per-plane sums `(Σ f(x))` for every plane of a contiguous `[N, C, area]` buffer, gathered per
@@ -147,7 +139,11 @@ impl CustomOp3 for Train {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = l1.shape().dims4()?;
-        let (x, gamma, beta) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (x, gamma, beta) = (
+            f32_data(s1, l1, "batch normalisation")?,
+            f32_data(s2, l2, "batch normalisation")?,
+            f32_data(s3, l3, "batch normalisation")?,
+        );
         if gamma.len() != c || beta.len() != c {
             bail!(
                 "batch normalisation of {c} channels got {} scales and {} shifts",
@@ -213,7 +209,11 @@ impl CustomOp3 for Backward {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = l1.shape().dims4()?;
         let area = h * w;
-        let (x, y, grad) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (x, y, grad) = (
+            f32_data(s1, l1, "batch normalisation")?,
+            f32_data(s2, l2, "batch normalisation")?,
+            f32_data(s3, l3, "batch normalisation")?,
+        );
         let count = (x.len() / c) as f64;
         let inv_std: Vec<f64> =
             self.var.iter().map(|&v| 1.0 / (f64::from(v) + self.eps).sqrt()).collect();
@@ -287,7 +287,13 @@ impl CustomOp1 for Affine {
         if self.scale.len() != c {
             bail!("batch normalisation of {c} channels got {} scales", self.scale.len());
         }
-        let y = affine(f32_slice(storage, layout)?, &self.scale, &self.shift, h * w, self.relu);
+        let y = affine(
+            f32_data(storage, layout, "batch normalisation")?,
+            &self.scale,
+            &self.shift,
+            h * w,
+            self.relu,
+        );
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 }
@@ -295,20 +301,8 @@ impl CustomOp1 for Affine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device, Var};
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::nn::testing::max_difference;
+    use candle_core::{Device, Var};
 
     #[test]
     fn the_kernel_agrees_with_tensor_operations_forward_and_backward() {

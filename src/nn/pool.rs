@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use super::cpu::f32_data;
+
 /// `[N, C, H, W]` max-pooled over `k x k` windows every `stride` pixels, 'same' padding.
 pub fn max_pool_same(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
@@ -108,14 +110,6 @@ impl Pool {
     }
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { bail!("max pooling supports f32 only") };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("max pooling needs a contiguous tensor"),
-    }
-}
-
 /// The CPU kernel. The forward pass remembers which input won each window, so the backward
 /// pass only routes gradients.
 struct Kernel {
@@ -131,7 +125,7 @@ impl CustomOp1 for Kernel {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let pool = self.pool;
         let (n, c, _, _) = layout.shape().dims4()?;
-        let input = f32_slice(storage, layout)?;
+        let input = f32_data(storage, layout, "max pooling")?;
         let (in_area, out_area) = (pool.h * pool.w, pool.out_h * pool.out_w);
         let mut out = vec![0f32; n * c * out_area];
         let mut winners = vec![0u32; n * c * out_area];

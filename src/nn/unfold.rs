@@ -5,6 +5,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use super::cpu::f32_data;
+
 /// The geometry of a `k x k` window moved by `stride` over a zero-padded plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Patches {
@@ -72,14 +74,6 @@ pub fn unfold(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Ten
     x.contiguous()?.apply_op1(Unfold(patches))
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { bail!("unfold supports f32 only") };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("unfold needs a contiguous tensor"),
-    }
-}
-
 struct Unfold(Patches);
 
 impl CustomOp1 for Unfold {
@@ -90,7 +84,7 @@ impl CustomOp1 for Unfold {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let p = self.0;
         let (n, c, _, _) = layout.shape().dims4()?;
-        let input = f32_slice(storage, layout)?;
+        let input = f32_data(storage, layout, "unfold")?;
         let (taps, area, windows) = (p.k * p.k, p.h * p.w, p.out_h() * p.out_w());
         // Each input plane becomes k² consecutive rows of the output.
         let mut out = vec![0f32; n * c * taps * windows];
@@ -123,7 +117,7 @@ impl CustomOp1 for Fold {
             bail!("fold of {:?} does not match its window geometry", layout.shape());
         }
         let c = rows / taps;
-        let cols = f32_slice(storage, layout)?;
+        let cols = f32_data(storage, layout, "unfold")?;
         let area = p.h * p.w;
         let mut out = vec![0f32; n * c * area];
         out.par_chunks_mut(area).enumerate().for_each(|(plane, out)| {
@@ -137,20 +131,8 @@ impl CustomOp1 for Fold {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device, Var};
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::nn::testing::max_difference;
+    use candle_core::{Device, Var};
 
     /// A convolution as unfold and a matrix product.
     fn conv_by_unfold(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Tensor {

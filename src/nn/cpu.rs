@@ -1,5 +1,21 @@
-//! Reductions written so that the compiler vectorises them: eight independent partial sums
-//! instead of one running total (a single chain of float additions cannot be reordered).
+//! Helpers of the CPU kernels: their inputs as plain f32 slices, and reductions written so that
+//! the compiler vectorises them (eight independent partial sums instead of one running total: a
+//! single chain of float additions cannot be reordered).
+
+use candle_core::{CpuStorage, Layout, Result, bail};
+
+/// The f32 values of a contiguous CPU tensor, or an error naming the `op` that needed them.
+pub(crate) fn f32_data<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { bail!("{op} supports f32 only") };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op} needs contiguous tensors"),
+    }
+}
 
 /// `Σ a[i] · b[i]` over the shorter of the two.
 #[inline]
