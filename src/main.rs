@@ -2,6 +2,8 @@
 //! for the same work otherwise.
 
 mod cli;
+#[cfg(feature = "gui")]
+mod gui;
 
 use std::process::ExitCode;
 

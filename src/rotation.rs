@@ -93,6 +93,40 @@ impl Rotation {
         rx.then_apply(&ry).then_apply(&rz)
     }
 
+    /// The rotation by `angle` radians about `axis` (any non-zero length), counter-clockwise
+    /// when seen from the tip of the axis.
+    pub fn about(axis: [f64; 3], angle: f64) -> Rotation {
+        let norm = axis.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return Rotation::IDENTITY;
+        }
+        let [x, y, z] = axis.map(|v| v / norm);
+        let (s, c) = angle.sin_cos();
+        let t = 1.0 - c;
+        Rotation {
+            m: [
+                [t * x * x + c, t * x * y - s * z, t * x * z + s * y],
+                [t * x * y + s * z, t * y * y + c, t * y * z - s * x],
+                [t * x * z - s * y, t * y * z + s * x, t * z * z + c],
+            ],
+        }
+    }
+
+    /// Angles whose rotation is this one, with `b` in `-π/2..=π/2` and `a`, `c` in `-π..=π`.
+    /// At `b = ±π/2` only `a ± c` is determined; `c` is then 0.
+    pub fn angles(&self) -> Angles {
+        // M = Rx(a)·Ry(b)·Rz(c) has first row (cos b cos c, -cos b sin c, sin b) and last column
+        // (sin b, -sin a cos b, cos a cos b).
+        let m = self.m;
+        let b = m[0][2].clamp(-1.0, 1.0).asin();
+        if (1.0 - m[0][2].abs()) > 1e-12 {
+            Angles::new((-m[1][2]).atan2(m[2][2]), b, (-m[0][1]).atan2(m[0][0]))
+        } else {
+            // Rx(a)·Ry(±π/2) has sin a and cos a in its middle column.
+            Angles::new(m[2][1].atan2(m[1][1]), b, 0.0)
+        }
+    }
+
     /// The rotation whose matrix has these rows, which must be orthonormal and right-handed (as
     /// the rows of every rotation are).
     pub fn from_rows(rows: [[f64; 3]; 3]) -> Rotation {
@@ -278,6 +312,44 @@ mod tests {
         ];
         let got = Angles::new(a, b, c).rotation().apply(p.map(|v| v as f32));
         assert!(close(got, after_x.map(|v| v as f32)));
+    }
+
+    fn same_matrix(m: &Rotation, n: &Rotation) -> bool {
+        m.matrix()
+            .iter()
+            .flatten()
+            .zip(n.matrix().iter().flatten())
+            .all(|(a, b)| (a - b).abs() < 1e-9)
+    }
+
+    #[test]
+    fn angles_read_back_from_the_matrix_give_the_same_rotation() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..200 {
+            let angles = RotationDistribution::Uniform.sample(&mut rng);
+            let back = angles.rotation().angles();
+            assert!(same_matrix(&back.rotation(), &angles.rotation()), "{angles} -> {back}");
+            assert!((back.a - angles.a).abs() < 1e-9 && (back.c - angles.c).abs() < 1e-9);
+        }
+        // At b = ±π/2 the matrix fixes only a ± c: the angles differ, the rotation does not.
+        let locked = Angles::new(0.7, std::f64::consts::FRAC_PI_2, -0.2);
+        let back = locked.rotation().angles();
+        assert_eq!(back.c, 0.0);
+        assert!(same_matrix(&back.rotation(), &locked.rotation()));
+    }
+
+    #[test]
+    fn about_an_axis_agrees_with_the_single_axis_matrices() {
+        let angle = 0.83;
+        for (axis, angles) in [
+            ([2.0, 0.0, 0.0], Angles::new(angle, 0.0, 0.0)),
+            ([0.0, 0.5, 0.0], Angles::new(0.0, angle, 0.0)),
+            ([0.0, 0.0, 1.0], Angles::new(0.0, 0.0, angle)),
+        ] {
+            assert!(same_matrix(&Rotation::about(axis, angle), &angles.rotation()));
+        }
+        let turn = Rotation::about([1.0, 1.0, 1.0], 2.0 * std::f64::consts::PI / 3.0);
+        assert!(close(turn.apply([1.0, 0.0, 0.0]), [0.0, 1.0, 0.0]));
     }
 
     #[test]

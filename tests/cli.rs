@@ -86,10 +86,26 @@ fn info_summarises_the_bundled_sample() {
 }
 
 #[test]
+#[cfg(not(feature = "gui"))]
 fn without_arguments_the_program_names_the_bundled_sample() {
     let output = digit3d(&[]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stdout(&output).contains("data"), "{}", stdout(&output));
+}
+
+#[test]
+#[cfg(feature = "gui")]
+fn without_a_display_the_window_says_why_it_cannot_open() {
+    let output = Command::new(env!("CARGO_BIN_EXE_digit3d"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("DISPLAY is not set"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
 }
 
 #[test]

@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use digit3d::dataset::{CloudSet, Dataset, LoadOptions, LoadReport, Role, TEST_H5};
-use digit3d::train::DeviceChoice;
 use digit3d::train::checkpoint::Checkpoint;
 use digit3d::train::data::stratified_split;
-use digit3d::train::eval::{Confusion, evaluate};
+use digit3d::train::eval::{Confusion, evaluate, tta_passes};
 
-use super::predict::tta_passes;
+use super::predict::Scoring;
 
 /// Arguments of `digit3d eval`.
 #[derive(Debug, clap::Args)]
@@ -25,20 +24,13 @@ pub struct Args {
     /// Score the folder's test.h5 against these labels (an ID,label CSV) instead.
     #[arg(long, value_name = "CSV")]
     pub labels: Option<PathBuf>,
-    /// Average the cosines over K rotations (the first none, the rest drawn as in training).
-    #[arg(long, default_value_t = 1)]
-    pub tta: usize,
-    /// Samples per batch.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub scoring: Scoring,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let checkpoint = Checkpoint::read(&args.checkpoint)?;
-    let device = args.device.device().map_err(anyhow::Error::msg)?;
+    let device = args.scoring.device.device().map_err(anyhow::Error::msg)?;
     let model = checkpoint.model(&device)?;
     let config = &checkpoint.meta.train;
 
@@ -85,8 +77,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     digit3d::tune_allocator();
     let set = Arc::new(set);
-    let passes = tta_passes(args.tta, config.augment, config.seed);
-    let evaluation = evaluate(&model, &set, &indices, args.batch, &passes, None, &device)?;
+    let passes = tta_passes(args.scoring.tta, config.augment, config.seed);
+    let evaluation = evaluate(&model, &set, &indices, args.scoring.batch, &passes, None, &device)?;
     let confusion = evaluation.confusion.context("the samples have no labels to score against")?;
     println!("{} samples of {what}", indices.len());
     print_confusion(&confusion);

@@ -17,8 +17,7 @@ use digit3d::dataset::LoadReport;
 use indicatif::{MultiProgress, ProgressBar};
 
 /// Classify handwritten digits given as 3D point clouds, and see why a model gets them right or
-/// wrong. Without a command, opens the desktop program on the bundled sample in data/ (for now,
-/// summarises it).
+/// wrong. Without a command, opens the desktop program on the bundled sample in data/.
 #[derive(Debug, Parser)]
 #[command(name = "digit3d", version, about, long_about = None)]
 pub struct Cli {
@@ -42,6 +41,9 @@ enum Command {
     Predict(predict::Args),
     /// Show a model's layers and parameter counts.
     Model(model::Args),
+    /// Open the desktop program: rotate a cloud, see its views, train, inspect mistakes.
+    #[cfg(feature = "gui")]
+    Gui(crate::gui::Args),
 }
 
 /// The progress bars on standard error; log lines are printed above them.
@@ -99,19 +101,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Predict(args)) => predict::run(args),
         Some(Command::Model(args)) => model::run(args),
-        None => open_desktop(&bundled_data()),
+        #[cfg(feature = "gui")]
+        Some(Command::Gui(args)) => crate::gui::run(args, bundled_data()),
+        None => open_desktop(),
     }
 }
 
-/// Until the desktop program is part of the build, says what it would open.
-// LIMITATION: the desktop program is not built yet; this prints what it would show instead.
-fn open_desktop(data: &Path) -> anyhow::Result<()> {
+/// Opens the desktop program on the bundled sample.
+#[cfg(feature = "gui")]
+fn open_desktop() -> anyhow::Result<()> {
+    crate::gui::run(crate::gui::Args::default(), bundled_data())
+}
+
+/// A build without the desktop program summarises the bundled sample instead.
+#[cfg(not(feature = "gui"))]
+fn open_desktop() -> anyhow::Result<()> {
+    let data = bundled_data();
     println!(
-        "digit3d would open the desktop program on {}; it is not part of this build yet.",
+        "this build of digit3d has no desktop program (build with the `gui` feature); {} holds:\n",
         data.display()
     );
-    println!("Meanwhile the command line works on the same data:\n");
-    info::run(info::Args { path: data.to_owned(), strict: false })
+    info::run(info::Args { path: data, strict: false })
 }
 
 /// The bundled sample: `data/` in the working folder when there is one (as under `cargo run`),

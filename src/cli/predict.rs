@@ -8,11 +8,9 @@ use std::time::Instant;
 use anyhow::Context;
 use digit3d::dataset::{Dataset, LoadOptions, write_labels};
 use digit3d::nn::head::CLASSES;
-use digit3d::rotation::RotationDistribution;
 use digit3d::train::DeviceChoice;
 use digit3d::train::checkpoint::Checkpoint;
-use digit3d::train::data::Augment;
-use digit3d::train::eval::{argmax, evaluate};
+use digit3d::train::eval::{argmax, evaluate, tta_passes};
 
 /// Arguments of `digit3d predict`.
 #[derive(Debug, clap::Args)]
@@ -27,6 +25,13 @@ pub struct Args {
     /// The submission to write: ID,label rows.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub scoring: Scoring,
+}
+
+/// How a model scores samples, for `eval` and `predict` alike.
+#[derive(Debug, clap::Args)]
+pub struct Scoring {
     /// Average the cosines over K rotations (the first none, the rest drawn as in training).
     #[arg(long, default_value_t = 1)]
     pub tta: usize,
@@ -38,22 +43,9 @@ pub struct Args {
     pub device: DeviceChoice,
 }
 
-/// The rotations of `k` test-time passes: none, then `k - 1` drawn from `distribution`.
-pub fn tta_passes(k: usize, distribution: RotationDistribution, seed: u64) -> Vec<Augment> {
-    // Pass numbers far from any training epoch keep test-time draws apart from training ones.
-    const FIRST_PASS: usize = 1 << 20;
-    std::iter::once(Augment::None)
-        .chain((1..k.max(1)).map(|pass| Augment::Random {
-            distribution,
-            seed,
-            epoch: FIRST_PASS + pass,
-        }))
-        .collect()
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.tta >= 1, "--tta must be at least 1");
-    let device = args.device.device().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(args.scoring.tta >= 1, "--tta must be at least 1");
+    let device = args.scoring.device.device().map_err(anyhow::Error::msg)?;
     let checkpoints =
         args.checkpoint.iter().map(|p| Checkpoint::read(p)).collect::<Result<Vec<_>, _>>()?;
     let models = checkpoints.iter().map(|c| c.model(&device)).collect::<Result<Vec<_>, _>>()?;
@@ -70,8 +62,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut sums = vec![[0f32; CLASSES]; set.len()];
     for (checkpoint, model) in checkpoints.iter().zip(&models) {
         let train = &checkpoint.meta.train;
-        let passes = tta_passes(args.tta, train.augment, train.seed);
-        let evaluation = evaluate(model, &set, &indices, args.batch, &passes, None, &device)?;
+        let passes = tta_passes(args.scoring.tta, train.augment, train.seed);
+        let evaluation =
+            evaluate(model, &set, &indices, args.scoring.batch, &passes, None, &device)?;
         for (sum, cosines) in sums.iter_mut().zip(&evaluation.cosines) {
             for (s, c) in sum.iter_mut().zip(cosines) {
                 *s += c;
@@ -83,13 +76,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rows: Vec<(u32, u8)> =
         set.ids().iter().zip(&sums).map(|(&id, s)| (id, argmax(s))).collect();
     write_labels(&args.out, rows)?;
-    let passes = args.tta * models.len();
+    let passes = args.scoring.tta * models.len();
     tracing::info!(
         "wrote {} predictions to {} ({} model(s) x {} pass(es)) in {seconds:.1} s: {:.0} clouds/s",
         set.len(),
         args.out.display(),
         models.len(),
-        args.tta,
+        args.scoring.tta,
         (set.len() * passes) as f64 / seconds
     );
     Ok(())

@@ -87,7 +87,7 @@ fn sample_suffix(id: &Option<String>) -> String {
 }
 
 impl DataError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
             DataError::Missing { path: path.to_owned() }
         } else {

@@ -12,6 +12,7 @@ use crate::nn::curricular::CurricularFace;
 use crate::nn::head::CLASSES;
 use crate::nn::layers::Phase;
 use crate::nn::model::Model;
+use crate::rotation::RotationDistribution;
 
 /// Counts of (true label, predicted label) pairs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +56,19 @@ pub fn argmax(values: &[f32; CLASSES]) -> u8 {
         }
     }
     best as u8
+}
+
+/// The rotations of `k` test-time passes: none, then `k - 1` drawn from `distribution`.
+pub fn tta_passes(k: usize, distribution: RotationDistribution, seed: u64) -> Vec<Augment> {
+    // Pass numbers far from any training epoch keep test-time draws apart from training ones.
+    const FIRST_PASS: usize = 1 << 20;
+    std::iter::once(Augment::None)
+        .chain((1..k.max(1)).map(|pass| Augment::Random {
+            distribution,
+            seed,
+            epoch: FIRST_PASS + pass,
+        }))
+        .collect()
 }
 
 /// The result of scoring samples.
