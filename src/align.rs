@@ -8,7 +8,14 @@
 //! positive (the side its mass has the longer tail on), and z completes a right-handed frame, so
 //! the pose is a proper rotation of the input (never a mirror image).
 //!
-//! What this cannot undo: when a third moment is near zero the sign of that axis is a coin toss,
+//! The `plane` pose does less: it moves the mean to the origin and turns the cloud by the
+//! smallest rotation that takes its thin axis (least variance, pointed towards +z) onto z. The
+//! digit then lies in the (x, y) plane with its turn within that plane kept as it came, which is
+//! the better choice when inputs are mostly upright (as with small random rotations): nothing
+//! is lost to the sign rules, and a 6 stays a 6. A cloud turned over (by half a turn about x,
+//! say) lands mirrored, which the classifier learns from the training rotations.
+//!
+//! What the `pca` pose cannot undo: when a third moment is near zero the sign of that axis is a coin toss,
 //! so a symmetric digit can land turned by 180 degrees about z (a half turn, which maps the
 //! board to its rot90(·, 2) view) or flipped over about x or y; and when two variances are nearly
 //! equal the first two axes can swap. A 6 turned upside down is a 9, so those two digits are
@@ -28,6 +35,8 @@ pub enum Alignment {
     None,
     /// Principal axes onto x, y, z, signs by the third moment.
     Pca,
+    /// Only the thin axis onto z, by the smallest rotation; the turn in the plane stays.
+    Plane,
 }
 
 impl Alignment {
@@ -47,17 +56,21 @@ impl Alignment {
                         .map(|p| rotation.apply([p[0] - mean[0], p[1] - mean[1], p[2] - mean[2]])),
                 );
             }
+            Alignment::Plane => {
+                let (mean, rotation) = plane_pose(cloud);
+                out.clear();
+                out.extend(
+                    cloud
+                        .iter()
+                        .map(|p| rotation.apply([p[0] - mean[0], p[1] - mean[1], p[2] - mean[2]])),
+                );
+            }
         }
     }
 }
 
-/// The mean of `cloud` and the rotation that takes it (once centred) to its canonical pose.
-// LIMITATION: the third-moment sign rule can flip a digit over (a mirror image in the (x, y)
-// view) where a moment is near zero; the pose knows nothing of which way up the input came.
-pub fn pca_pose(cloud: &[Point]) -> (Point, Rotation) {
-    if cloud.is_empty() {
-        return ([0.0; 3], Rotation::IDENTITY);
-    }
+/// The mean of `cloud` and its covariance matrix.
+fn moments(cloud: &[Point]) -> ([f64; 3], [[f64; 3]; 3]) {
     let n = cloud.len() as f64;
     let mean = [0, 1, 2].map(|k| cloud.iter().map(|p| f64::from(p[k])).sum::<f64>() / n);
     let mut cov = [[0f64; 3]; 3];
@@ -69,6 +82,36 @@ pub fn pca_pose(cloud: &[Point]) -> (Point, Rotation) {
             }
         }
     }
+    (mean, cov)
+}
+
+/// The mean of `cloud` and the smallest rotation that takes its axis of least variance (pointed
+/// to the +z side) onto z.
+pub fn plane_pose(cloud: &[Point]) -> (Point, Rotation) {
+    if cloud.is_empty() {
+        return ([0.0; 3], Rotation::IDENTITY);
+    }
+    let (mean, cov) = moments(cloud);
+    let (values, vectors) = symmetric_eigen(cov);
+    let thin = (0..3).min_by(|&a, &b| values[a].total_cmp(&values[b])).unwrap_or(2);
+    let mut n = [vectors[0][thin], vectors[1][thin], vectors[2][thin]];
+    if n[2] < 0.0 {
+        n = n.map(|v| -v);
+    }
+    // About n × z by the angle between them: sin = |n × z|, cos = n · z.
+    let axis = [n[1], -n[0], 0.0];
+    let angle = (axis[0].hypot(axis[1])).atan2(n[2]);
+    (mean.map(|v| v as f32), Rotation::about(axis, angle))
+}
+
+/// The mean of `cloud` and the rotation that takes it (once centred) to its canonical pose.
+// LIMITATION: the third-moment sign rule can flip a digit over (a mirror image in the (x, y)
+// view) where a moment is near zero; the pose knows nothing of which way up the input came.
+pub fn pca_pose(cloud: &[Point]) -> (Point, Rotation) {
+    if cloud.is_empty() {
+        return ([0.0; 3], Rotation::IDENTITY);
+    }
+    let (mean, cov) = moments(cloud);
     let (values, vectors) = symmetric_eigen(cov);
 
     // Largest variance first.
@@ -135,7 +178,7 @@ fn symmetric_eigen(mut a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
 mod tests {
     use super::*;
     use crate::lift::{DIGIT_SIDE, Digit, LiftConfig, lift_digit};
-    use crate::rotation::RotationDistribution;
+    use crate::rotation::{Angles, RotationDistribution};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -191,6 +234,35 @@ mod tests {
         assert!(spread(0) > spread(1) && spread(1) > spread(2));
         let mean_z: f32 = posed.iter().map(|p| p[2]).sum::<f32>() / posed.len() as f32;
         assert!(mean_z.abs() < 1e-5);
+    }
+
+    #[test]
+    fn the_plane_pose_undoes_a_tilt_and_keeps_the_turn_in_the_plane() {
+        // The L with each point mirrored through z = 0 beside it: its thin axis is exactly z.
+        let cloud: Vec<Point> =
+            l_shape().into_iter().flat_map(|p| [p, [p[0], p[1], -p[2]]]).collect();
+        let turn = 0.4;
+        let turned = Angles::new(0.0, 0.0, turn).rotation().rotate(&cloud);
+        // Tilting the turned digit about any axis in its plane and posing it gives the turned
+        // digit back: the smallest rotation onto z is that tilt undone. (A tilt about an axis out
+        // of the plane also turns the digit within it, and that turn stays.)
+        for (axis, angle) in
+            [([1.0, 0.0, 0.0], 0.5), ([0.6, 0.8, 0.0], -0.7), ([-0.3, 1.0, 0.0], 1.2)]
+        {
+            let tilt = Rotation::about(axis, angle);
+            let tilted = tilt.rotate(&turned);
+            let mut posed = Vec::new();
+            Alignment::Plane.apply(&tilted, &mut posed);
+            let (mean, _) = moments(&turned);
+            let worst = turned
+                .iter()
+                .zip(&posed)
+                .map(|(a, b)| {
+                    (0..3).map(|k| (a[k] - mean[k] as f32 - b[k]).abs()).fold(0f32, f32::max)
+                })
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-3, "{axis:?} by {angle}: {worst}");
+        }
     }
 
     #[test]
