@@ -15,6 +15,12 @@
 //! is lost to the sign rules, and a 6 stays a 6. A cloud turned over (by half a turn about x,
 //! say) lands mirrored, which the classifier learns from the training rotations.
 //!
+//! The `upright` pose goes one step further than `plane`: it also turns the flattened digit
+//! within its plane, by at most a quarter turn either way, until its long axis (the larger
+//! variance within the plane) runs along y, the up-down direction of a lifted digit. Handwritten digits
+//! are taller than wide, so one turned by less than a quarter turn comes back upright, its slant
+//! removed; one turned further comes back upside down or on its side, as `plane` leaves it too.
+//!
 //! What the `pca` pose cannot undo: when a third moment is near zero the sign of that axis is a coin toss,
 //! so a symmetric digit can land turned by 180 degrees about z (a half turn, which maps the
 //! board to its rot90(·, 2) view) or flipped over about x or y; and when two variances are nearly
@@ -37,9 +43,21 @@ pub enum Alignment {
     Pca,
     /// Only the thin axis onto z, by the smallest rotation; the turn in the plane stays.
     Plane,
+    /// The plane pose, then the digit's long axis onto y by the smallest turn in the plane.
+    Upright,
 }
 
 impl Alignment {
+    /// The name the command line and the window use: `none`, `pca`, `plane` or `upright`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alignment::None => "none",
+            Alignment::Pca => "pca",
+            Alignment::Plane => "plane",
+            Alignment::Upright => "upright",
+        }
+    }
+
     /// `cloud` posed, into `out` (cleared first).
     pub fn apply(self, cloud: &[Point], out: &mut Vec<Point>) {
         match self {
@@ -47,26 +65,19 @@ impl Alignment {
                 out.clear();
                 out.extend_from_slice(cloud);
             }
-            Alignment::Pca => {
-                let (mean, rotation) = pca_pose(cloud);
-                out.clear();
-                out.extend(
-                    cloud
-                        .iter()
-                        .map(|p| rotation.apply([p[0] - mean[0], p[1] - mean[1], p[2] - mean[2]])),
-                );
-            }
-            Alignment::Plane => {
-                let (mean, rotation) = plane_pose(cloud);
-                out.clear();
-                out.extend(
-                    cloud
-                        .iter()
-                        .map(|p| rotation.apply([p[0] - mean[0], p[1] - mean[1], p[2] - mean[2]])),
-                );
-            }
+            Alignment::Pca => pose(cloud, pca_pose(cloud), out),
+            Alignment::Plane => pose(cloud, plane_pose(cloud), out),
+            Alignment::Upright => pose(cloud, upright_pose(cloud), out),
         }
     }
+}
+
+/// `cloud` moved by `-mean` and then turned by `rotation`, into `out` (cleared first).
+fn pose(cloud: &[Point], (mean, rotation): (Point, Rotation), out: &mut Vec<Point>) {
+    out.clear();
+    out.extend(
+        cloud.iter().map(|p| rotation.apply([p[0] - mean[0], p[1] - mean[1], p[2] - mean[2]])),
+    );
 }
 
 /// The mean of `cloud` and its covariance matrix.
@@ -92,6 +103,33 @@ pub fn plane_pose(cloud: &[Point]) -> (Point, Rotation) {
         return ([0.0; 3], Rotation::IDENTITY);
     }
     let (mean, cov) = moments(cloud);
+    (mean.map(|v| v as f32), flattening(cov))
+}
+
+/// The mean of `cloud` and the rotation of its upright pose: the plane pose, then the turn about
+/// z by at most a quarter turn either way that takes the long axis of the flattened digit (its
+/// larger variance within the plane) onto y, the up-down direction of a digit as
+/// [`lift`](crate::lift) makes clouds (image rows run along -y, columns along x).
+pub fn upright_pose(cloud: &[Point]) -> (Point, Rotation) {
+    if cloud.is_empty() {
+        return ([0.0; 3], Rotation::IDENTITY);
+    }
+    let (mean, cov) = moments(cloud);
+    let flat = flattening(cov);
+    // The covariance after flattening, M C Mᵀ, needs only its (x, y) block.
+    let m = flat.matrix();
+    let c = |i: usize, j: usize| -> f64 {
+        (0..3).map(|k| (0..3).map(|l| m[i][k] * cov[k][l] * m[j][l]).sum::<f64>()).sum()
+    };
+    // The long axis lies at angle psi from y, towards -x, with psi in -π/2..=π/2.
+    let psi = 0.5 * (-2.0 * c(0, 1)).atan2(c(1, 1) - c(0, 0));
+    let turn = Rotation::about([0.0, 0.0, 1.0], -psi);
+    (mean.map(|v| v as f32), turn.then_apply(&flat))
+}
+
+/// The smallest rotation that takes the axis of least variance of covariance `cov` (pointed to
+/// the +z side) onto z.
+fn flattening(cov: [[f64; 3]; 3]) -> Rotation {
     let (values, vectors) = symmetric_eigen(cov);
     let thin = (0..3).min_by(|&a, &b| values[a].total_cmp(&values[b])).unwrap_or(2);
     let mut n = [vectors[0][thin], vectors[1][thin], vectors[2][thin]];
@@ -101,7 +139,7 @@ pub fn plane_pose(cloud: &[Point]) -> (Point, Rotation) {
     // About n × z by the angle between them: sin = |n × z|, cos = n · z.
     let axis = [n[1], -n[0], 0.0];
     let angle = (axis[0].hypot(axis[1])).atan2(n[2]);
-    (mean.map(|v| v as f32), Rotation::about(axis, angle))
+    Rotation::about(axis, angle)
 }
 
 /// The mean of `cloud` and the rotation that takes it (once centred) to its canonical pose.
@@ -263,6 +301,33 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(worst < 1e-3, "{axis:?} by {angle}: {worst}");
         }
+    }
+
+    #[test]
+    fn the_upright_pose_undoes_tilts_and_turns_of_less_than_a_quarter() {
+        let cloud: Vec<Point> =
+            l_shape().into_iter().flat_map(|p| [p, [p[0], p[1], -p[2]]]).collect();
+        let mut reference = Vec::new();
+        Alignment::Upright.apply(&cloud, &mut reference);
+        let mut posed = Vec::new();
+        for (turn, axis, tilt) in [
+            (0.4, [1.0, 0.0, 0.0], 0.5),
+            (-0.9, [0.6, 0.8, 0.0], -0.7),
+            (1.2, [0.0, 1.0, 0.0], 0.0),
+        ] {
+            let turned = Angles::new(0.0, 0.0, turn).rotation();
+            let moved = Rotation::about(axis, tilt).then_apply(&turned).rotate(&cloud);
+            Alignment::Upright.apply(&moved, &mut posed);
+            let worst = reference
+                .iter()
+                .zip(&posed)
+                .map(|(a, b)| (0..3).map(|k| (a[k] - b[k]).abs()).fold(0f32, f32::max))
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-3, "turn {turn}, tilt {tilt} about {axis:?}: {worst}");
+        }
+        // The long bar of the L runs along y once upright, as it does lifted.
+        let spread = |k: usize| reference.iter().map(|p| p[k] * p[k]).sum::<f32>();
+        assert!(spread(1) > 2.0 * spread(0));
     }
 
     #[test]

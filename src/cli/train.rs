@@ -32,7 +32,7 @@ pub struct Args {
     /// The model's input (default: grid for xception, views for compact).
     #[arg(long, value_enum)]
     pub input: Option<InputForm>,
-    /// Pose clouds before taking their views: none, or pca (principal axes onto x, y, z).
+    /// How clouds are posed before their views are taken.
     #[arg(long, value_enum, default_value = "none")]
     pub align: Alignment,
     /// Epochs in all; the learning-rate schedule spans them.
@@ -62,6 +62,24 @@ pub struct Args {
     /// CurricularFace's t rule.
     #[arg(long, value_enum, default_value = "reference")]
     pub t_rule: TRule,
+    /// CurricularFace's scale s: the cosines are multiplied by it before the softmax.
+    #[arg(long, default_value_t = 30.0)]
+    pub scale: f64,
+    /// CurricularFace's angular margin m, in radians.
+    #[arg(long, default_value_t = 0.5)]
+    pub margin: f64,
+    /// CurricularFace's momentum α of the t update.
+    #[arg(long, default_value_t = 0.99)]
+    pub momentum: f64,
+    /// The compact model's stage widths, comma-separated (default: 48,96,192).
+    #[arg(long, value_name = "W,W,...", value_delimiter = ',')]
+    pub widths: Option<Vec<usize>>,
+    /// The compact model's separable convolutions per stage (default: 1,2,2).
+    #[arg(long, value_name = "D,D,...", value_delimiter = ',')]
+    pub depths: Option<Vec<usize>>,
+    /// The compact model's stem: channels and kernel size, as C,K (default: 32,1).
+    #[arg(long, value_name = "C,K", value_delimiter = ',')]
+    pub stem: Option<Vec<usize>>,
     /// Continue the run of this checkpoint (normally RUN_DIR/last.safetensors).
     #[arg(long, value_name = "CKPT")]
     pub resume: Option<PathBuf>,
@@ -82,6 +100,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.seed = args.seed;
     config.augment = args.augment;
     config.curricular.rule = args.t_rule;
+    config.curricular.scale = args.scale;
+    config.curricular.margin = args.margin;
+    config.curricular.momentum = args.momentum;
+    let compact = &mut config.model.compact;
+    if let Some(widths) = args.widths {
+        compact.stages = widths;
+    }
+    if let Some(depths) = args.depths {
+        compact.depths = depths;
+    }
+    if let Some(stem) = args.stem {
+        let [channels, kernel] = stem[..] else {
+            anyhow::bail!("--stem takes two numbers, channels and kernel size: 32,3");
+        };
+        (compact.stem, compact.stem_kernel) = (channels, kernel);
+    }
 
     let resume = args.resume.as_deref().map(Checkpoint::read).transpose()?;
     let (dataset, report) = Dataset::open(&args.data, LoadOptions::default())

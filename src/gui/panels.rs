@@ -5,6 +5,8 @@ use std::f64::consts::{FRAC_PI_2, PI};
 
 use bevy::prelude::*;
 use bevy_egui::{EguiContexts, egui};
+use clap::ValueEnum;
+use digit3d::align::Alignment;
 use digit3d::nn::head::CLASSES;
 use digit3d::rotation::Angles;
 use digit3d::train::eval::argmax;
@@ -330,14 +332,27 @@ fn views(ui: &mut egui::Ui, session: &mut Session, textures: &Textures, scene: &
             });
             if session.show_canonical {
                 ui.vertical(|ui| {
-                    ui.label("canonical (PCA) pose");
+                    ui.label(format!("{} pose", session.pose.name()));
                     ui.add(egui::Image::new((textures.canonical.id(), Vec2::splat(side))));
                 });
             }
         });
-        if ui.checkbox(&mut session.show_canonical, "show the canonical pose").changed() {
-            session.changed();
-        }
+        ui.horizontal(|ui| {
+            let mut changed =
+                ui.checkbox(&mut session.show_canonical, "show the canonical pose").changed();
+            egui::ComboBox::from_id_salt("pose").selected_text(session.pose.name()).show_ui(
+                ui,
+                |ui| {
+                    for &pose in Alignment::value_variants().iter().skip(1) {
+                        changed |=
+                            ui.selectable_value(&mut session.pose, pose, pose.name()).changed();
+                    }
+                },
+            );
+            if changed {
+                session.changed();
+            }
+        });
         ui.label("the 24 views: projection, mirrored or not, quarter turns");
         egui::Grid::new("views").spacing([6.0, 4.0]).show(ui, |ui| {
             for (i, texture) in textures.views.iter().enumerate() {

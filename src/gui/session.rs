@@ -124,8 +124,9 @@ pub struct Session {
     pub mistakes: Option<Mistakes>,
     pub messages: Vec<Message>,
     pub jobs: Jobs,
-    /// Also show the views of the cloud in its canonical (PCA) pose.
+    /// Also show the grid of the cloud in a canonical pose: which one.
     pub show_canonical: bool,
+    pub pose: Alignment,
     pub posed: Vec<Point>,
     pub canonical: Boards,
 }
@@ -155,6 +156,7 @@ impl Session {
             messages: Vec::new(),
             jobs: Jobs::default(),
             show_canonical: false,
+            pose: Alignment::Upright,
             posed: Vec::new(),
             canonical: Boards::new(VIEW_SIZE),
         };
@@ -278,7 +280,7 @@ impl Session {
         self.rotation.rotate_into(cloud, &mut self.rotated);
         self.boards.fill(&self.rotated);
         if self.show_canonical {
-            Alignment::Pca.apply(&self.rotated, &mut self.posed);
+            self.pose.apply(&self.rotated, &mut self.posed);
             self.canonical.fill(&self.posed);
         }
         self.views_seconds = started.elapsed().as_secs_f64();

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bevy_egui::egui;
+use clap::ValueEnum;
 use digit3d::align::Alignment;
 use digit3d::nn::curricular::TRule;
 use digit3d::nn::model::{Architecture, InputForm};
@@ -235,14 +236,10 @@ impl TrainingPanel {
             }
             ui.label("alignment");
             egui::ComboBox::from_id_salt("alignment")
-                .selected_text(format!("{:?}", config.model.alignment).to_lowercase())
+                .selected_text(config.model.alignment.name())
                 .show_ui(ui, |ui| {
-                    for a in [Alignment::None, Alignment::Pca] {
-                        ui.selectable_value(
-                            &mut config.model.alignment,
-                            a,
-                            format!("{a:?}").to_lowercase(),
-                        );
+                    for &a in Alignment::value_variants() {
+                        ui.selectable_value(&mut config.model.alignment, a, a.name());
                     }
                 });
             ui.end_row();

@@ -459,6 +459,33 @@ fn check_settings(config: &TrainConfig) -> Result<(), TrainError> {
     if config.time_limit_minutes.is_some_and(|m| m <= 0.0 || m.is_nan()) {
         return bad("the time limit must be positive".into());
     }
+    let loss = &config.curricular;
+    if !(loss.scale > 0.0 && loss.scale.is_finite()) {
+        return bad(format!("the scale s must be positive, not {}", loss.scale));
+    }
+    if !(0.0..std::f64::consts::FRAC_PI_2).contains(&loss.margin) {
+        return bad(format!("the margin m must be in 0..π/2 radians, not {}", loss.margin));
+    }
+    if !(0.0..=1.0).contains(&loss.momentum) {
+        return bad(format!("the momentum α must be in 0..=1, not {}", loss.momentum));
+    }
+    let compact = &config.model.compact;
+    if compact.stages.is_empty()
+        || compact.stages.len() != compact.depths.len()
+        || compact.stages.iter().chain(&compact.depths).any(|&n| n == 0)
+    {
+        return bad(format!(
+            "the compact model needs as many stage widths as depths, all positive: widths {:?}, \
+             depths {:?}",
+            compact.stages, compact.depths
+        ));
+    }
+    if compact.stem == 0 || compact.stem_kernel.is_multiple_of(2) {
+        return bad(format!(
+            "the compact model's stem needs channels and an odd kernel size, not {},{}",
+            compact.stem, compact.stem_kernel
+        ));
+    }
     Ok(())
 }
 
