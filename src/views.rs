@@ -517,6 +517,24 @@ impl Boards {
         self.for_each_lit_view_pixel(|view, row, col| out[view * area + row * size + col] = on);
     }
 
+    /// Writes the three boards as they are (the first view of each projection), board-major then
+    /// row-major, into `out` (`3 * size * size` values): `on` where lit, `T::default()` elsewhere.
+    ///
+    /// # Panics
+    ///
+    /// When `out` has the wrong length.
+    pub fn write_boards<T: Copy + Default>(&self, out: &mut [T], on: T) {
+        let s = self.size;
+        assert_eq!(out.len(), PROJECTIONS.len() * s * s, "boards buffer has the wrong length");
+        for (rows, board) in self.rows.iter().zip(out.chunks_exact_mut(s * s)) {
+            for (&bits, line) in rows.iter().zip(board.chunks_exact_mut(s)) {
+                for (c, pixel) in line.iter_mut().enumerate() {
+                    *pixel = if bits >> c & 1 == 1 { on } else { T::default() };
+                }
+            }
+        }
+    }
+
     /// The grid image, with 1 where lit and 0 elsewhere.
     pub fn grid(&self) -> Grid {
         let side = grid_side(self.size);
@@ -866,6 +884,24 @@ mod tests {
         assert_eq!(view_text(&views, 16), ["....", "...#", "....", "...."]);
         assert_eq!(ViewKind::of(9).label(), "xz mirrored 0°");
         assert_eq!(ViewKind::of(22).file_stem(), "yz-plain-270");
+    }
+
+    #[test]
+    fn written_boards_are_the_first_view_of_each_projection() {
+        let cloud: Vec<Point> = (0..300)
+            .map(|i| {
+                let t = i as f32 * 0.29;
+                [t.sin() * 0.6, (t * 1.1).cos() * 0.7, (t * 0.4).sin() * 0.5]
+            })
+            .collect();
+        let boards = Boards::from_cloud(&cloud, 46);
+        let views = boards.views();
+        let mut out = vec![7u8; 3 * 46 * 46];
+        boards.write_boards(&mut out, 1);
+        for (p, board) in out.chunks(46 * 46).enumerate() {
+            assert_eq!(board, views.view(8 * p), "projection {p}");
+        }
+        assert!(out.iter().any(|&v| v == 1));
     }
 
     #[test]

@@ -248,7 +248,7 @@ impl TrainingPanel {
             egui::ComboBox::from_id_salt("input")
                 .selected_text(format!("{:?}", config.model.input).to_lowercase())
                 .show_ui(ui, |ui| {
-                    for form in [InputForm::Views, InputForm::Grid] {
+                    for &form in InputForm::value_variants() {
                         ui.selectable_value(
                             &mut config.model.input,
                             form,

@@ -10,7 +10,7 @@ use super::params::Params;
 use super::xception::{self, Xception};
 use crate::Point;
 use crate::align::Alignment;
-use crate::views::{Boards, VIEW_COUNT, VIEW_SIZE, grid_side};
+use crate::views::{Boards, PROJECTIONS, VIEW_COUNT, VIEW_SIZE, grid_side};
 
 /// Which backbone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -30,6 +30,9 @@ pub enum InputForm {
     Grid,
     /// The 24 views stacked as channels of 46 x 46: the same pixels without the empty borders.
     Views,
+    /// The three boards the views are turned and mirrored from, as channels of 46 x 46: the
+    /// same information once, each pixel where the projection put it.
+    Boards,
 }
 
 impl InputForm {
@@ -38,6 +41,7 @@ impl InputForm {
         match self {
             InputForm::Grid => [1, grid_side(VIEW_SIZE), grid_side(VIEW_SIZE)],
             InputForm::Views => [VIEW_COUNT, VIEW_SIZE, VIEW_SIZE],
+            InputForm::Boards => [PROJECTIONS.len(), VIEW_SIZE, VIEW_SIZE],
         }
     }
 
@@ -77,6 +81,7 @@ impl Preprocess {
         match self.form {
             InputForm::Grid => scratch.boards.write_grid(out, 1.0),
             InputForm::Views => scratch.boards.write_views(out, 1.0),
+            InputForm::Boards => scratch.boards.write_boards(out, 1.0),
         }
     }
 }
