@@ -21,6 +21,11 @@
 //! are taller than wide, so one turned by less than a quarter turn comes back upright, its slant
 //! removed; one turned further comes back upside down or on its side, as `plane` leaves it too.
 //!
+//! The `learned` pose starts from the upright pose and then undoes the rotation a small network
+//! predicts from the digit's shape (see [`crate::nn::pose`]): a half turn in the plane, or a
+//! turn over (which shows the digit's mirror image), which geometry cannot tell apart from the
+//! digit as written. Here, without the network, it is the upright pose.
+//!
 //! What the `pca` pose cannot undo: when a third moment is near zero the sign of that axis is a coin toss,
 //! so a symmetric digit can land turned by 180 degrees about z (a half turn, which maps the
 //! board to its rot90(·, 2) view) or flipped over about x or y; and when two variances are nearly
@@ -45,6 +50,9 @@ pub enum Alignment {
     Plane,
     /// The plane pose, then the digit's long axis onto y by the smallest turn in the plane.
     Upright,
+    /// The upright pose, then the rotation a trained network predicts from the digit's shape
+    /// undone.
+    Learned,
 }
 
 impl Alignment {
@@ -55,10 +63,12 @@ impl Alignment {
             Alignment::Pca => "pca",
             Alignment::Plane => "plane",
             Alignment::Upright => "upright",
+            Alignment::Learned => "learned",
         }
     }
 
-    /// `cloud` posed, into `out` (cleared first).
+    /// `cloud` posed, into `out` (cleared first). The learned pose's network is not at hand
+    /// here, so it stops at its first, geometric step: the upright pose.
     pub fn apply(self, cloud: &[Point], out: &mut Vec<Point>) {
         match self {
             Alignment::None => {
@@ -67,7 +77,7 @@ impl Alignment {
             }
             Alignment::Pca => pose(cloud, pca_pose(cloud), out),
             Alignment::Plane => pose(cloud, plane_pose(cloud), out),
-            Alignment::Upright => pose(cloud, upright_pose(cloud), out),
+            Alignment::Upright | Alignment::Learned => pose(cloud, upright_pose(cloud), out),
         }
     }
 }

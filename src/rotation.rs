@@ -129,7 +129,7 @@ impl Rotation {
 
     /// The rotation whose matrix has these rows, which must be orthonormal and right-handed (as
     /// the rows of every rotation are).
-    pub fn from_rows(rows: [[f64; 3]; 3]) -> Rotation {
+    pub const fn from_rows(rows: [[f64; 3]; 3]) -> Rotation {
         Rotation { m: rows }
     }
 

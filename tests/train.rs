@@ -5,10 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use digit3d::Point;
+use digit3d::align::Alignment;
 use digit3d::dataset::{CloudSet, Role};
 use digit3d::lift::{DIGIT_SIDE, Digit, LiftConfig, lift_digit};
 use digit3d::nn::compact::CompactConfig;
-use digit3d::nn::model::Architecture;
+use digit3d::nn::model::{Architecture, InputForm};
 use digit3d::rotation::RotationDistribution;
 use digit3d::train::checkpoint::{Checkpoint, CheckpointError, EpochRecord};
 use digit3d::train::{DeviceChoice, Event, Reason, TrainConfig, TrainError, Trainer};
@@ -238,4 +239,74 @@ fn bad_settings_and_checkpoints_are_refused_clearly() {
     let err = Checkpoint::read(&corrupt).err().unwrap();
     assert!(matches!(err, CheckpointError::Invalid { .. }), "{err}");
     assert!(err.to_string().contains("corrupt.safetensors: not a digit3d checkpoint"), "{err}");
+}
+
+fn tiny_learned_config(epochs: usize) -> TrainConfig {
+    let mut config = tiny_config(epochs);
+    config.model.alignment = Alignment::Learned;
+    config.model.input = InputForm::Boards;
+    config.model.pose =
+        CompactConfig { stem: 8, stem_kernel: 3, stages: vec![12, 16], depths: vec![1, 1] };
+    config.pose_epochs = 2;
+    config.augment = RotationDistribution::PiOverK { max_k: 4 };
+    config
+}
+
+fn pose_losses(events: &[Event]) -> Vec<f64> {
+    events
+        .iter()
+        .filter_map(|e| if let Event::PoseStep(s) = e { Some(s.loss) } else { None })
+        .collect()
+}
+
+#[test]
+fn the_learned_pose_trains_first_and_a_run_resumed_within_it_continues_exactly() {
+    let set = tiny_set(48);
+    let straight_dir = tempfile::tempdir().unwrap();
+    let straight = run(tiny_learned_config(2), &set, Some(straight_dir.path()), None);
+    // 36 training samples in batches of 8: 4 steps an epoch, 2 epochs of each network; the
+    // pose network first, then its report, then the classifier.
+    assert_eq!(pose_losses(&straight).len(), 8);
+    assert_eq!(losses(&straight).len(), 8);
+    let report = straight.iter().position(|e| matches!(e, Event::Pose(_))).unwrap();
+    let first_step = straight.iter().position(|e| matches!(e, Event::Step(_))).unwrap();
+    let last_pose_step = straight.iter().rposition(|e| matches!(e, Event::PoseStep(_))).unwrap();
+    assert!(last_pose_step < report && report < first_step);
+
+    // The checkpoint carries both networks and which training clouds came turned; a model read
+    // back from it poses and scores clouds.
+    let best = Checkpoint::read(&straight_dir.path().join("best.safetensors")).unwrap();
+    assert!(best.tensors.keys().any(|k| k.starts_with("pose.")));
+    assert_eq!(best.meta.pose_references.len(), set.len());
+    let model = best.model(&candle_core::Device::Cpu).unwrap();
+    assert!(model.pose().is_some());
+    let clouds = vec![set.get(0).cloud.to_vec()];
+    let posed = model.inputs().posed(&clouds).unwrap();
+    assert_eq!(posed[0].len(), clouds[0].len());
+
+    // Stopped during the pose network's training, then resumed: the same steps as straight.
+    let split_dir = tempfile::tempdir().unwrap();
+    let trainer = Trainer::new(
+        tiny_learned_config(2),
+        Arc::clone(&set),
+        Some(split_dir.path().to_owned()),
+        None,
+    )
+    .unwrap();
+    let handle = trainer.spawn();
+    let mut first = Vec::new();
+    while let Some(event) = handle.next_event() {
+        if matches!(event, Event::PoseStep(ref s) if s.step == 3) {
+            handle.stop();
+        }
+        first.push(event);
+    }
+    assert!(matches!(first.last(), Some(Event::Finished { reason: Reason::Stopped, .. })));
+    let last = Checkpoint::read(&split_dir.path().join("last.safetensors")).unwrap();
+    assert!(!last.meta.position.pose_done);
+    let rest = run(tiny_learned_config(2), &set, Some(split_dir.path()), Some(&last));
+    let mut pose = pose_losses(&first);
+    pose.extend(pose_losses(&rest));
+    assert_eq!(pose, pose_losses(&straight));
+    assert_eq!(losses(&rest), losses(&straight));
 }

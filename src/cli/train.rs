@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use digit3d::align::Alignment;
 use digit3d::dataset::{Dataset, LoadOptions};
+use digit3d::nn::compact::CompactConfig;
 use digit3d::nn::curricular::TRule;
 use digit3d::nn::model::{Architecture, InputForm};
 use digit3d::rotation::RotationDistribution;
@@ -29,15 +30,17 @@ pub struct Args {
     /// Which model.
     #[arg(long, value_enum, default_value = "compact")]
     pub model: Architecture,
-    /// The model's input (default: grid for xception, views for compact).
+    /// The model's input (default: grid for xception, boards for compact).
     #[arg(long, value_enum)]
     pub input: Option<InputForm>,
-    /// How clouds are posed before their views are taken.
-    #[arg(long, value_enum, default_value = "none")]
-    pub align: Alignment,
-    /// Epochs in all; the learning-rate schedule spans them.
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
+    /// How clouds are posed before their views are taken (default: none for xception, plane
+    /// for compact).
+    #[arg(long, value_enum)]
+    pub align: Option<Alignment>,
+    /// Epochs in all; the learning-rate schedule spans them. `auto` (with --time-limit): as
+    /// many as fit in the time, judged from the pace of the first steps.
+    #[arg(long, default_value = "10", value_name = "N|auto")]
+    pub epochs: Epochs,
     /// Stop after this many minutes, then evaluate and save.
     #[arg(long, value_name = "MINUTES")]
     pub time_limit: Option<f64>,
@@ -77,28 +80,67 @@ pub struct Args {
     /// The compact model's separable convolutions per stage (default: 1,2,2).
     #[arg(long, value_name = "D,D,...", value_delimiter = ',')]
     pub depths: Option<Vec<usize>>,
-    /// The compact model's stem: channels and kernel size, as C,K (default: 32,1).
+    /// The compact model's stem: channels and kernel size, as C,K (default: 32,3; 32,1 on the
+    /// views).
     #[arg(long, value_name = "C,K", value_delimiter = ',')]
     pub stem: Option<Vec<usize>>,
+    /// With --align learned: epochs of training the pose network before the classifier.
+    #[arg(long, default_value_t = 4)]
+    pub pose_epochs: usize,
+    /// With --align learned and --time-limit: the share of the time the pose network may take.
+    #[arg(long, default_value_t = 0.35)]
+    pub pose_share: f64,
     /// Continue the run of this checkpoint (normally RUN_DIR/last.safetensors).
     #[arg(long, value_name = "CKPT")]
     pub resume: Option<PathBuf>,
+}
+
+/// How many epochs to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epochs {
+    /// This many.
+    Count(usize),
+    /// As many as fit in the time limit.
+    Auto,
+}
+
+impl std::str::FromStr for Epochs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Epochs::Auto),
+            _ => s
+                .parse()
+                .map(Epochs::Count)
+                .map_err(|_| format!("{s:?} is neither a number nor auto")),
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = TrainConfig::new(args.model);
     if let Some(input) = args.input {
         config.model.input = input;
+        config.model.compact = CompactConfig::for_input(input);
     }
-    config.model.alignment = args.align;
-    config.epochs = args.epochs;
+    if let Some(alignment) = args.align {
+        config.model.alignment = alignment;
+    }
     config.time_limit_minutes = args.time_limit;
+    match args.epochs {
+        Epochs::Count(epochs) => config.epochs = epochs,
+        Epochs::Auto if args.time_limit.is_some() => config.fit_epochs = true,
+        Epochs::Auto => anyhow::bail!("--epochs auto fits the epochs to a --time-limit: give one"),
+    }
     config.batch = args.batch.unwrap_or(config.batch);
     config.lr = args.lr.unwrap_or(config.lr);
     config.device = args.device;
     config.val_fraction = args.val_fraction;
     config.seed = args.seed;
     config.augment = args.augment;
+    config.pose_epochs = args.pose_epochs;
+    config.pose_share = args.pose_share;
     config.curricular.rule = args.t_rule;
     config.curricular.scale = args.scale;
     config.curricular.margin = args.margin;
@@ -158,6 +200,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 bar.set_position(s.batch as u64);
                 bar.set_message(progress);
             }
+            Event::PoseStep(s) => {
+                let progress = format!(
+                    "pose loss {:.3} acc {:.3} lr {:.1e} {:.1} samples/s",
+                    s.loss, s.accuracy, s.lr, s.samples_per_sec
+                );
+                if bar.is_hidden() && last_line.elapsed() >= LOG_EVERY {
+                    tracing::info!(
+                        "pose epoch {} batch {}/{}: {progress}",
+                        s.epoch,
+                        s.batch,
+                        s.batches
+                    );
+                    last_line = Instant::now();
+                }
+                bar.set_prefix(format!("pose epoch {}", s.epoch));
+                bar.set_position(s.batch as u64);
+                bar.set_message(progress);
+            }
+            Event::Pose(_) => bar.reset_eta(),
             Event::Epoch(_) => bar.reset_eta(),
             Event::Saved(path) => tracing::debug!("wrote {}", path.display()),
             Event::Paused | Event::Resumed => {}

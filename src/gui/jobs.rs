@@ -135,7 +135,12 @@ pub fn poll_jobs(mut session: NonSendMut<Session>, mut training: NonSendMut<Trai
         && let Some((generation, result)) = model.predictor.latest()
     {
         match result {
-            Ok(cosines) => session.prediction = Some((generation, cosines)),
+            Ok(predicted) => {
+                session.prediction = Some((generation, predicted.cosines));
+                if let Some(posed) = predicted.posed {
+                    session.show_learned_pose(&posed);
+                }
+            }
             Err(e) => session.say(true, format!("prediction failed: {e}")),
         }
     }
@@ -244,7 +249,14 @@ struct Request {
     tta: usize,
 }
 
-type Prediction = (u64, Result<[f32; CLASSES], String>);
+/// What the model makes of one cloud: its cosines, and with the learned alignment the cloud in
+/// the pose the model sees it in.
+pub struct Predicted {
+    pub cosines: [f32; CLASSES],
+    pub posed: Option<Vec<Point>>,
+}
+
+type Prediction = (u64, Result<Predicted, String>);
 
 /// A model on a thread of its own that predicts the sample in view, always the newest request
 /// first (older ones waiting behind it are dropped).
@@ -302,23 +314,24 @@ impl Predictor {
     }
 }
 
-/// The cosines of one cloud, averaged over the rotations of `passes`.
-fn predict(model: &Model, cloud: &[Point], passes: &[Augment]) -> anyhow::Result<[f32; CLASSES]> {
-    let preprocess = model.config().preprocess();
-    let [c, h, w] = preprocess.form.shape();
-    let len = preprocess.form.values();
-    let mut input = vec![0f32; passes.len() * len];
-    let mut scratch = Default::default();
-    let mut rotated = Vec::new();
-    for (pass, out) in passes.iter().zip(input.chunks_mut(len)) {
-        pass.angles(0).rotation().rotate_into(cloud, &mut rotated);
-        preprocess.write(&rotated, &mut scratch, out);
-    }
+/// The cosines of one cloud, averaged over the rotations of `passes`, and with the learned
+/// alignment the cloud as the model poses it.
+fn predict(model: &Model, cloud: &[Point], passes: &[Augment]) -> anyhow::Result<Predicted> {
+    let inputs = model.inputs();
+    let [c, h, w] = inputs.shape();
+    let clouds: Vec<Vec<Point>> =
+        passes.iter().map(|pass| pass.angles(0).rotation().rotate(cloud)).collect();
+    let mut input = vec![0f32; passes.len() * inputs.values()];
+    inputs.write(&clouds, &mut input)?;
     let input = Tensor::from_vec(input, (passes.len(), c, h, w), &Device::Cpu)?;
     let cosines = model.cosines(&input, Phase::Eval)?.mean(0)?.to_vec1::<f32>()?;
     let mut out = [0f32; CLASSES];
     out.copy_from_slice(&cosines);
-    Ok(out)
+    let posed = match model.pose() {
+        Some(_) => inputs.posed(&[cloud.to_vec()])?.pop(),
+        None => None,
+    };
+    Ok(Predicted { cosines: out, posed })
 }
 
 fn describe(meta: &CheckpointMeta) -> String {

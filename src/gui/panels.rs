@@ -34,6 +34,7 @@ pub enum Tab {
 /// The images of the views, refreshed when the session's views change.
 pub struct Textures {
     generation: u64,
+    canonical_version: u64,
     grid: TextureHandle,
     canonical: TextureHandle,
     views: Vec<TextureHandle>,
@@ -51,6 +52,7 @@ impl Textures {
         };
         Textures {
             generation: 0,
+            canonical_version: 0,
             grid: blank("grid", side),
             canonical: blank("canonical grid", side),
             views: (0..VIEW_COUNT).map(|i| blank(&format!("view {i}"), VIEW_SIZE)).collect(),
@@ -58,14 +60,15 @@ impl Textures {
     }
 
     fn update(&mut self, session: &Session) {
+        if session.show_canonical && self.canonical_version != session.canonical_version {
+            self.canonical_version = session.canonical_version;
+            self.canonical.set(grid_image(&session.canonical), TextureOptions::NEAREST);
+        }
         if self.generation == session.views_generation {
             return;
         }
         self.generation = session.views_generation;
         self.grid.set(grid_image(&session.boards), TextureOptions::NEAREST);
-        if session.show_canonical {
-            self.canonical.set(grid_image(&session.canonical), TextureOptions::NEAREST);
-        }
         let views = session.boards.views();
         for (i, texture) in self.views.iter_mut().enumerate() {
             let image = ColorImage::from_gray(

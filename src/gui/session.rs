@@ -129,6 +129,8 @@ pub struct Session {
     pub pose: Alignment,
     pub posed: Vec<Point>,
     pub canonical: Boards,
+    /// Bumped whenever `canonical` changes.
+    pub canonical_version: u64,
 }
 
 impl Session {
@@ -159,6 +161,7 @@ impl Session {
             pose: Alignment::Upright,
             posed: Vec::new(),
             canonical: Boards::new(VIEW_SIZE),
+            canonical_version: 0,
         };
         session.report_skipped(&report);
         if let Some(id) = args.id {
@@ -280,13 +283,25 @@ impl Session {
         self.rotation.rotate_into(cloud, &mut self.rotated);
         self.boards.fill(&self.rotated);
         if self.show_canonical {
+            // The learned pose's network is the model's: until its answer arrives (see
+            // show_learned_pose), this shows the upright pose it starts from.
             self.pose.apply(&self.rotated, &mut self.posed);
             self.canonical.fill(&self.posed);
+            self.canonical_version += 1;
         }
         self.views_seconds = started.elapsed().as_secs_f64();
         self.views_generation = self.generation;
         if let Some(model) = &self.model {
             model.predictor.request(self.generation, &self.rotated, self.tta);
+        }
+    }
+
+    /// Shows `posed`, the cloud in view as a model with the learned alignment poses it, as the
+    /// canonical pose, when that is the pose chosen.
+    pub fn show_learned_pose(&mut self, posed: &[Point]) {
+        if self.show_canonical && self.pose == Alignment::Learned {
+            self.canonical.fill(posed);
+            self.canonical_version += 1;
         }
     }
 

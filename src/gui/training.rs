@@ -124,6 +124,22 @@ impl TrainingPanel {
                     );
                     self.steps.push(step);
                 }
+                Event::PoseStep(step) => {
+                    self.samples += self.config.batch as u64;
+                    self.status = format!(
+                        "learning the pose: epoch {} batch {}/{}: loss {:.3}, accuracy {:.3}",
+                        step.epoch, step.batch, step.batches, step.loss, step.accuracy
+                    );
+                }
+                Event::Pose(report) => session.say(
+                    false,
+                    format!(
+                        "pose network: names the turn of {:.1}% of the validation clouds ({:.1}% \
+                         are not turned)",
+                        100.0 * report.accuracy,
+                        100.0 * report.unturned
+                    ),
+                ),
                 Event::Epoch(report) => {
                     let record = report.record.clone();
                     session.mistakes = Some(Mistakes {

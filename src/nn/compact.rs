@@ -5,6 +5,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::layers::{Builder, Conv, Normalised, Phase, SeparableConv, global_average_pool};
+use super::model::InputForm;
 use super::pool::{max_pool_same, max_pool_same_shape};
 
 /// The shape of the compact backbone.
@@ -20,15 +21,18 @@ pub struct CompactConfig {
     pub depths: Vec<usize>,
 }
 
-// LIMITATION: on 8,000 lifted digits this reaches 0.84 test accuracy in 15 minutes on two cores
-// (0.88 with the PCA pose), short of 0.95: it underfits, and a wider one trains too slowly.
-impl Default for CompactConfig {
-    /// A 1 x 1 stem to 32 channels, then stages of 48, 96 and 192 channels with one, two and two
-    /// separable convolutions: about 22 million multiply-adds per sample on the stacked views,
-    /// a quarter of a first design with a 3 x 3 stem and twice the widths, which trained at 23
-    /// samples/s on two cores.
-    fn default() -> Self {
-        CompactConfig { stem: 32, stem_kernel: 1, stages: vec![48, 96, 192], depths: vec![1, 2, 2] }
+impl CompactConfig {
+    /// The shape for inputs of `form`: a stem to 32 channels, then stages of 48, 96 and 192
+    /// channels with one, two and two separable convolutions. The stem is 3 x 3 on the three
+    /// boards (or the grid), where it is cheap and the first layer must see shapes; 1 x 1 on the
+    /// 24 stacked views, where a 3 x 3 one would cost as much as the rest of the network. About
+    /// 22 million multiply-adds per sample on the boards.
+    pub fn for_input(form: InputForm) -> Self {
+        let stem_kernel = match form {
+            InputForm::Views => 1,
+            InputForm::Boards | InputForm::Grid => 3,
+        };
+        CompactConfig { stem: 32, stem_kernel, stages: vec![48, 96, 192], depths: vec![1, 2, 2] }
     }
 }
 

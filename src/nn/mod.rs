@@ -11,6 +11,7 @@ pub mod model;
 pub mod norm;
 pub mod params;
 pub mod pool;
+pub mod pose;
 pub mod unfold;
 pub mod xception;
 

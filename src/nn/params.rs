@@ -61,6 +61,19 @@ impl Params {
         Ok(var)
     }
 
+    /// Puts `prefix` before the name of every tensor, to keep the tensors of two models that
+    /// are saved together apart.
+    pub fn prefix_names(&mut self, prefix: &str) {
+        for p in &mut self.entries {
+            p.name.insert_str(0, prefix);
+        }
+    }
+
+    /// Where the tensors live.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Every tensor, in creation order.
     pub fn iter(&self) -> impl Iterator<Item = &Param> {
         self.entries.iter()

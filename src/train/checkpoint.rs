@@ -18,6 +18,7 @@ use super::optim::AdamW;
 use crate::atomic::write_atomically;
 use crate::dataset::DataError;
 use crate::nn::model::{Model, ModelConfig};
+use crate::nn::pose::PREFIX;
 
 /// The version of the checkpoint layout.
 pub const FORMAT: u32 = 1;
@@ -34,6 +35,12 @@ pub struct Position {
     pub batch: usize,
     /// Optimiser steps taken in all.
     pub step: u64,
+    /// Steps the pose network has trained (learned alignment only; it trains first).
+    #[serde(default)]
+    pub pose_step: u64,
+    /// Whether the pose network is done training (its steps taken, or its time spent).
+    #[serde(default)]
+    pub pose_done: bool,
 }
 
 /// One finished (or stopped) epoch, as `metrics.csv` has it.
@@ -78,6 +85,11 @@ pub struct CheckpointMeta {
     pub best_val_accuracy: Option<f64>,
     /// Every epoch so far.
     pub history: Vec<EpochRecord>,
+    /// With the learned alignment: for each training cloud, which turn its own upright pose
+    /// showed, as the pose network judged midway through its training (an index into
+    /// [`TURNS`](crate::nn::pose::TURNS)); empty before then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pose_references: Vec<u8>,
 }
 
 /// A checkpoint that cannot be written, read or used.
@@ -109,8 +121,8 @@ pub fn sidecar(weights: &Path) -> PathBuf {
     weights.with_extension("json")
 }
 
-/// Saves `model` (and, when given, the optimiser's moments) with `meta` to `path`, then the
-/// sidecar beside it; each file is replaced atomically.
+/// Saves `model` (with its pose network, if any, and, when given, the moments of the optimiser
+/// in use) with `meta` to `path`, then the sidecar beside it; each file is replaced atomically.
 pub fn save(
     path: &Path,
     model: &Model,
@@ -119,6 +131,9 @@ pub fn save(
 ) -> Result<(), CheckpointError> {
     let fail = |detail: String| DataError::Write { path: path.to_owned(), detail };
     let mut tensors = model.params().tensors().map_err(|e| fail(e.to_string()))?;
+    if let Some(pose) = model.pose() {
+        tensors.extend(pose.params().tensors().map_err(|e| fail(e.to_string()))?);
+    }
     if let Some(optimizer) = optimizer {
         tensors.extend(optimizer.state().map_err(|e| fail(e.to_string()))?);
     }
@@ -191,16 +206,22 @@ impl Checkpoint {
                 ),
             });
         }
-        let weights: HashMap<String, Tensor> = self
-            .tensors
-            .iter()
-            .filter(|(k, _)| !k.starts_with("adamw."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        model.params().load(&weights).map_err(|detail| CheckpointError::Mismatch {
+        let weights = |pose: bool| -> HashMap<String, Tensor> {
+            self.tensors
+                .iter()
+                .filter(|(k, _)| !k.starts_with("adamw.") && k.starts_with(PREFIX) == pose)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let misfit = |detail: String| CheckpointError::Mismatch {
             path: self.path.clone(),
             detail: format!("its tensors do not fit the model: {detail}"),
-        })
+        };
+        model.params().load(&weights(false)).map_err(misfit)?;
+        match model.pose() {
+            Some(pose) => pose.params().load(&weights(true)).map_err(misfit),
+            None => Ok(()),
+        }
     }
 }
 

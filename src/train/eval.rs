@@ -98,16 +98,17 @@ pub fn evaluate(
     loss: Option<&CurricularFace>,
     device: &Device,
 ) -> Result<Evaluation> {
-    let preprocess = model.config().preprocess();
-    let [c, h, w] = preprocess.form.shape();
+    let inputs = model.inputs();
+    let [c, h, w] = inputs.shape();
     let mut sums = vec![[0f32; CLASSES]; indices.len()];
     let mut loss_sum = 0.0;
     let plan: Vec<Vec<usize>> = indices.chunks(batch.max(1)).map(<[usize]>::to_vec).collect();
 
     for (pass, augment) in passes.iter().enumerate() {
-        let prefetcher = Prefetcher::spawn(Arc::clone(set), plan.clone(), preprocess, *augment, 2);
+        let prefetcher =
+            Prefetcher::spawn(Arc::clone(set), plan.clone(), inputs.clone(), *augment, 2);
         let mut offset = 0;
-        while let Some(b) = prefetcher.next_batch() {
+        while let Some(b) = prefetcher.next_batch()? {
             let n = b.indices.len();
             let input = Tensor::from_vec(b.input, (n, c, h, w), device)?;
             let cosines = model.cosines(&input, Phase::Eval)?;

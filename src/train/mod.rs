@@ -20,14 +20,16 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::align::Alignment;
 use crate::atomic::write_atomically;
 use crate::dataset::{CloudSet, DataError};
 use crate::nn::curricular::{CurricularConfig, CurricularFace};
 use crate::nn::layers::Phase;
 use crate::nn::model::{Architecture, Model, ModelConfig};
+use crate::nn::pose;
 use crate::rotation::RotationDistribution;
 use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta, EpochRecord, Position};
-use data::{Augment, Prefetcher, epoch_order, stratified_split};
+use data::{Augment, Prefetcher, epoch_order, make_pose_batch, stratified_split};
 use eval::{Confusion, evaluate};
 use optim::{AdamW, AdamWConfig, Schedule};
 
@@ -87,6 +89,26 @@ pub struct TrainConfig {
     pub device: DeviceChoice,
     /// Batches used to re-estimate batch normalisation's statistics before each evaluation.
     pub calibration_batches: usize,
+    /// With the learned alignment: epochs of training the pose network, before the classifier.
+    #[serde(default = "default_pose_epochs")]
+    pub pose_epochs: usize,
+    /// With the learned alignment and a time limit: the share of the time the pose network
+    /// may take.
+    #[serde(default = "default_pose_share")]
+    pub pose_share: f64,
+    /// With a time limit: replace `epochs` (and `pose_epochs`) by as many as fit in the time,
+    /// judged from the pace of the first steps, so that the learning rate decays to zero just
+    /// as the time runs out.
+    #[serde(default)]
+    pub fit_epochs: bool,
+}
+
+fn default_pose_epochs() -> usize {
+    4
+}
+
+fn default_pose_share() -> f64 {
+    0.35
 }
 
 impl TrainConfig {
@@ -94,7 +116,8 @@ impl TrainConfig {
     /// learning rate of 3e-3; Xception, heavier, in batches of 16 at 1e-3. Both for 10 epochs
     /// with half an epoch of warm-up, 10% of each class for validation, seed 0, the
     /// CurricularFace defaults and `π / k` augmentation (each angle π/k, k uniform in
-    /// -32..=32, k = 0 meaning none), re-estimating batch-norm statistics over 16 batches.
+    /// -32..=32, k = 0 meaning none), re-estimating batch-norm statistics over 16 batches; with
+    /// the learned alignment, 4 epochs (or 35% of a time limit) for the pose network first.
     pub fn new(architecture: Architecture) -> Self {
         let (batch, lr) = match architecture {
             Architecture::Compact => (64, 3e-3),
@@ -114,6 +137,9 @@ impl TrainConfig {
             augment: RotationDistribution::default(),
             device: DeviceChoice::Cpu,
             calibration_batches: 16,
+            pose_epochs: default_pose_epochs(),
+            pose_share: default_pose_share(),
+            fit_epochs: false,
         }
     }
 }
@@ -190,6 +216,15 @@ pub struct EpochReport {
     pub best: bool,
 }
 
+/// How well the pose network names the turns of the validation clouds (turned as in training).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoseReport {
+    /// The share of clouds whose turn it names right.
+    pub accuracy: f64,
+    /// The share whose turn is none: what always answering "none" would score.
+    pub unturned: f64,
+}
+
 /// Why a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -217,8 +252,13 @@ pub enum Event {
         /// Where it begins.
         position: Position,
     },
-    /// A step finished.
+    /// A step of the classifier finished.
     Step(StepStats),
+    /// A step of the pose network finished (learned alignment): the loss is its cross-entropy,
+    /// the accuracy the share of the batch whose turn it named right.
+    PoseStep(StepStats),
+    /// The pose network finished training, scored on the validation split.
+    Pose(PoseReport),
     /// An epoch (or a stopped part of one) was evaluated.
     Epoch(Box<EpochReport>),
     /// A checkpoint was written.
@@ -312,6 +352,9 @@ pub struct Trainer {
     device: Device,
     model: Model,
     optimizer: AdamW,
+    pose_optimizer: Option<AdamW>,
+    /// See [`CheckpointMeta::pose_references`].
+    pose_references: Arc<Vec<u8>>,
     loss: CurricularFace,
     train: Vec<usize>,
     val: Vec<usize>,
@@ -370,17 +413,29 @@ impl Trainer {
 
         let model = Model::new(&config.model, config.seed, &device)?;
         let mut optimizer = AdamW::new(model.params(), config.optimizer)?;
+        let mut pose_optimizer =
+            model.pose().map(|pose| AdamW::new(pose.params(), config.optimizer)).transpose()?;
         let mut loss = CurricularFace::new(config.curricular);
         let mut trainer_position = Position::default();
+        let mut pose_references = Vec::new();
         let mut best = None;
         let mut history = Vec::new();
         if let Some(checkpoint) = resume {
             checkpoint.load_into(&model)?;
             let meta = &checkpoint.meta;
-            if meta.has_optimizer {
-                optimizer.restore(&checkpoint.tensors, meta.position.step).map_err(|detail| {
-                    CheckpointError::Mismatch { path: checkpoint.path.clone(), detail }
-                })?;
+            let mismatch = |detail: String| CheckpointError::Mismatch {
+                path: checkpoint.path.clone(),
+                detail,
+            };
+            // The moments saved are those of the network that was training: the pose network's
+            // while it had steps left, else the classifier's.
+            let pose_training = pose_optimizer.is_some() && !meta.position.pose_done;
+            if meta.has_optimizer && pose_training {
+                if let Some(pose) = &mut pose_optimizer {
+                    pose.restore(&checkpoint.tensors, meta.position.pose_step).map_err(mismatch)?;
+                }
+            } else if meta.has_optimizer {
+                optimizer.restore(&checkpoint.tensors, meta.position.step).map_err(mismatch)?;
             } else {
                 tracing::warn!(
                     "{} has no optimiser state: its moments start again from zero",
@@ -389,6 +444,17 @@ impl Trainer {
             }
             loss.t = meta.t;
             trainer_position = meta.position;
+            pose_references = meta.pose_references.clone();
+            if !pose_references.is_empty() && pose_references.len() != set.len() {
+                return Err(TrainError::Checkpoint(CheckpointError::Mismatch {
+                    path: checkpoint.path.clone(),
+                    detail: format!(
+                        "it was trained on {} clouds, this set has {}",
+                        pose_references.len(),
+                        set.len()
+                    ),
+                }));
+            }
             best = meta.best_val_accuracy;
             history = meta.history.clone();
         }
@@ -402,6 +468,8 @@ impl Trainer {
             device,
             model,
             optimizer,
+            pose_optimizer,
+            pose_references: Arc::new(pose_references),
             loss,
             train,
             val,
@@ -429,6 +497,8 @@ impl Trainer {
                     events: tx.clone(),
                     control: shared,
                     started: Instant::now(),
+                    pace: Pace::default(),
+                    pose_pace: Pace::default(),
                 };
                 if let Err(e) = run.run() {
                     let _ = tx.send(Event::Failed(format!("{e:#}")));
@@ -437,6 +507,15 @@ impl Trainer {
             .expect("spawning the training thread");
         TrainerHandle { events: rx, control, thread: Some(thread) }
     }
+}
+
+/// The steps the pose network trains for, with `train` training samples: none without the
+/// learned alignment.
+fn pose_steps(config: &TrainConfig, train: usize) -> u64 {
+    if config.model.alignment != Alignment::Learned {
+        return 0;
+    }
+    (config.pose_epochs * (train / config.batch.max(1))) as u64
 }
 
 fn check_settings(config: &TrainConfig) -> Result<(), TrainError> {
@@ -458,6 +537,12 @@ fn check_settings(config: &TrainConfig) -> Result<(), TrainError> {
     }
     if config.time_limit_minutes.is_some_and(|m| m <= 0.0 || m.is_nan()) {
         return bad("the time limit must be positive".into());
+    }
+    if !(0.0..1.0).contains(&config.pose_share) {
+        return bad(format!(
+            "the pose network's share of the time must be in 0..1, not {}",
+            config.pose_share
+        ));
     }
     let loss = &config.curricular;
     if !(loss.scale > 0.0 && loss.scale.is_finite()) {
@@ -489,12 +574,40 @@ fn check_settings(config: &TrainConfig) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// Times a few steps of a training phase, once it is past its first ones (which wait for the
+/// first batches and warm the allocator).
+#[derive(Default)]
+struct Pace {
+    steps: u64,
+    since: Option<Instant>,
+}
+
+impl Pace {
+    /// Steps left out before timing starts, and steps timed.
+    const SKIP: u64 = 3;
+    const TIMED: u64 = 10;
+
+    /// Counts a step; once enough are timed, returns the seconds per step (once only).
+    fn step(&mut self) -> Option<f64> {
+        self.steps += 1;
+        if self.steps == Self::SKIP {
+            self.since = Some(Instant::now());
+        }
+        let seconds = (self.steps == Self::SKIP + Self::TIMED)
+            .then(|| self.since.map(|t| t.elapsed().as_secs_f64() / Self::TIMED as f64))?;
+        seconds
+    }
+}
+
 /// A run in its thread.
 struct Run {
     trainer: Trainer,
     events: Sender<Event>,
     control: Arc<Control>,
     started: Instant,
+    /// The pace of the classifier's steps and of the pose network's, for `fit_epochs`.
+    pace: Pace,
+    pose_pace: Pace,
 }
 
 /// Figures gathered over an epoch's steps.
@@ -530,6 +643,11 @@ impl Run {
     fn run(&mut self) -> Result<(), TrainError> {
         let per_epoch = self.batches_per_epoch();
         let schedule = self.schedule();
+        let fits =
+            self.trainer.config.fit_epochs && self.trainer.config.time_limit_minutes.is_some();
+        if fits {
+            tracing::info!("fitting the epochs to the time limit once the first steps are timed");
+        }
         self.send(Event::Started {
             train: self.trainer.train.len(),
             val: self.trainer.val.len(),
@@ -538,10 +656,16 @@ impl Run {
             position: self.trainer.position,
         });
 
+        if let Some(reason) = self.train_pose()? {
+            // Stopped while the pose network trained: keep where it stands, for a resume.
+            self.save(false)?;
+            self.send(Event::Finished { reason, best_val_accuracy: self.trainer.best });
+            return Ok(());
+        }
         let mut reason = Reason::Completed;
         while self.trainer.position.epoch < self.trainer.config.epochs {
             let epoch_started = Instant::now();
-            let (tally, interrupted) = self.train_epoch(&schedule)?;
+            let (tally, interrupted) = self.train_epoch()?;
             if let Some(why) = interrupted {
                 reason = why;
             } else {
@@ -566,7 +690,7 @@ impl Run {
     }
 
     /// Trains from the current position to the end of its epoch, or until stopped.
-    fn train_epoch(&mut self, schedule: &Schedule) -> Result<(Tally, Option<Reason>), TrainError> {
+    fn train_epoch(&mut self) -> Result<(Tally, Option<Reason>), TrainError> {
         let t = &self.trainer;
         let config = &t.config;
         let (epoch, first) = (t.position.epoch, t.position.batch);
@@ -574,9 +698,9 @@ impl Run {
         let plan: Vec<Vec<usize>> =
             order.chunks_exact(config.batch).skip(first).map(<[usize]>::to_vec).collect();
         let augment = Augment::Random { distribution: config.augment, seed: config.seed, epoch };
-        let preprocess = config.model.preprocess();
-        let [c, h, w] = preprocess.form.shape();
-        let prefetcher = Prefetcher::spawn(Arc::clone(&t.set), plan, preprocess, augment, 3);
+        let inputs = t.model.inputs();
+        let [c, h, w] = inputs.shape();
+        let prefetcher = Prefetcher::spawn(Arc::clone(&t.set), plan, inputs, augment, 3);
 
         let batches = self.batches_per_epoch();
         let mut tally = Tally::default();
@@ -585,7 +709,7 @@ impl Run {
             if let Some(reason) = self.interruption() {
                 return Ok((tally, Some(reason)));
             }
-            let Some(batch) = prefetcher.next_batch() else {
+            let Some(batch) = prefetcher.next_batch()? else {
                 break;
             };
             let n = batch.indices.len();
@@ -596,6 +720,8 @@ impl Run {
 
             let cosines = t.model.cosines(&input, Phase::Train)?;
             let out = t.loss.loss(&cosines, &labels_t)?;
+            let schedule = self.schedule();
+            let t = &mut self.trainer;
             let lr = schedule.at(t.position.step);
             t.optimizer.step(&out.loss.backward()?, lr)?;
             t.loss.update_t(&out);
@@ -628,8 +754,275 @@ impl Run {
                 window = (Instant::now(), 0);
             }
             self.send(Event::Step(stats));
+            if let Some(seconds) = self.pace.step() {
+                self.fit_epochs(seconds);
+            }
         }
         Ok((tally, None))
+    }
+
+    /// With `fit_epochs` and a time limit, sets the epochs to as many as fit in the time left at
+    /// `seconds` per step, counting the evaluation each epoch ends with.
+    fn fit_epochs(&mut self, seconds: f64) {
+        let t = &mut self.trainer;
+        let config = &mut t.config;
+        let Some(limit) = config.time_limit_minutes.filter(|_| config.fit_epochs) else {
+            return;
+        };
+        let per_epoch = (t.train.len() / config.batch) as f64;
+        // Scoring runs forward passes only, about a third of a training step's work each. The
+        // first steps run a little faster than the average over a run (measured: 342 against
+        // 365 ms), hence the margin.
+        let scored = config.calibration_batches as f64 + t.val.len() as f64 / config.batch as f64;
+        let epoch_seconds = 1.1 * (per_epoch * seconds + scored * seconds / 3.0);
+        let left = limit * 60.0 - self.started.elapsed().as_secs_f64();
+        let done = t.position.epoch as f64 + t.position.batch as f64 / per_epoch;
+        config.epochs = ((done + left / epoch_seconds).floor() as usize).max(t.position.epoch + 1);
+        tracing::info!(
+            "{:.0} ms a step: {} epochs fit in the {limit} minutes",
+            seconds * 1e3,
+            config.epochs
+        );
+    }
+
+    /// With `fit_epochs` and a time limit, sets the pose network's epochs to as many as fit in
+    /// its share of the time at `seconds` per step.
+    fn fit_pose_epochs(&mut self, seconds: f64) {
+        let t = &mut self.trainer;
+        let config = &mut t.config;
+        let Some(limit) = config.time_limit_minutes.filter(|_| config.fit_epochs) else {
+            return;
+        };
+        let per_epoch = (t.train.len() / config.batch) as f64;
+        let left = limit * 60.0 * config.pose_share - self.started.elapsed().as_secs_f64();
+        let done = t.position.pose_step as f64 / per_epoch;
+        let epoch_seconds = 1.1 * per_epoch * seconds;
+        config.pose_epochs = ((done + left / epoch_seconds).floor() as usize).max(1);
+        tracing::info!(
+            "{:.0} ms a pose step: {} pose epochs fit in {:.0}% of the time",
+            seconds * 1e3,
+            config.pose_epochs,
+            100.0 * config.pose_share
+        );
+    }
+
+    /// The learning rate of the pose network's steps.
+    fn pose_schedule(&self) -> Schedule {
+        let per_epoch = self.batches_per_epoch() as u64;
+        let config = &self.trainer.config;
+        Schedule {
+            peak: config.lr,
+            warmup: ((config.warmup_epochs * per_epoch as f64).round() as u64).max(1),
+            total: pose_steps(config, self.trainer.train.len()),
+        }
+    }
+
+    /// Trains the pose network of the learned alignment, from where it stands until its steps
+    /// are done or its share of the time limit is spent, then readies it for use and reports
+    /// how well it does; says why the run must stop, if it must.
+    fn train_pose(&mut self) -> Result<Option<Reason>, TrainError> {
+        let config = self.trainer.config.clone();
+        if self.trainer.model.pose().is_none() || self.trainer.position.pose_done {
+            return Ok(None);
+        }
+        let per_epoch = self.batches_per_epoch() as u64;
+        let budget = config.time_limit_minutes.map(|m| m * 60.0 * config.pose_share);
+        let [c, h, w] = pose::INPUT;
+        let seed = config.seed ^ POSE_SEED;
+        let mut window = (Instant::now(), 0usize);
+        'epochs: while self.trainer.position.pose_step < self.pose_schedule().total {
+            let step = self.trainer.position.pose_step;
+            let epoch = (step / per_epoch) as usize;
+            let relabel_at = self.trainer.config.pose_epochs.div_ceil(2).max(1);
+            if epoch >= relabel_at && self.trainer.pose_references.is_empty() {
+                self.relabel_references()?;
+            }
+            let t = &self.trainer;
+            let order = epoch_order(&t.train, seed, epoch);
+            let plan: Vec<Vec<usize>> = order
+                .chunks_exact(config.batch)
+                .skip((step % per_epoch) as usize)
+                .map(<[usize]>::to_vec)
+                .collect();
+            let augment = Augment::Random { distribution: config.augment, seed, epoch };
+            let (set, references) = (Arc::clone(&t.set), Arc::clone(&t.pose_references));
+            let prefetcher = Prefetcher::start(plan, 3, move |i| {
+                Ok(make_pose_batch(&set, i, augment, true, &references))
+            });
+            loop {
+                if let Some(reason) = self.interruption() {
+                    return Ok(Some(reason));
+                }
+                if budget.is_some_and(|b| self.started.elapsed().as_secs_f64() >= b) {
+                    break 'epochs;
+                }
+                let Some(batch) = prefetcher.next_batch()? else {
+                    break;
+                };
+                let n = batch.indices.len();
+                let t = &mut self.trainer;
+                let pose = t.model.pose().expect("the learned alignment has a pose network");
+                let input = Tensor::from_vec(batch.input, (n, c, h, w), &t.device)?;
+                let targets = Tensor::from_vec(batch.targets.clone(), n, &t.device)?;
+                let scores = pose.forward(&input, Phase::Train)?;
+                let loss = candle_nn::loss::cross_entropy(&scores, &targets)?;
+                let schedule = self.pose_schedule();
+                let t = &mut self.trainer;
+                let lr = schedule.at(t.position.pose_step);
+                let optimizer = t.pose_optimizer.as_mut().expect("made with the pose network");
+                optimizer.step(&loss.backward()?, lr)?;
+                t.position.pose_step += 1;
+
+                let right = correct(&scores, &batch.targets)?;
+                window.1 += n;
+                let elapsed = window.0.elapsed().as_secs_f64();
+                let stats = StepStats {
+                    epoch: epoch + 1,
+                    batch: (t.position.pose_step - epoch as u64 * per_epoch) as usize,
+                    batches: per_epoch as usize,
+                    step: t.position.pose_step,
+                    total_steps: schedule.total,
+                    loss: f64::from(loss.to_scalar::<f32>()?),
+                    accuracy: right as f64 / n as f64,
+                    t: t.loss.t,
+                    lr,
+                    samples_per_sec: window.1 as f64 / elapsed.max(1e-9),
+                };
+                if elapsed > 5.0 {
+                    window = (Instant::now(), 0);
+                }
+                self.send(Event::PoseStep(stats));
+                if let Some(seconds) = self.pose_pace.step() {
+                    self.fit_pose_epochs(seconds);
+                }
+            }
+        }
+        self.trainer.position.pose_done = true;
+        let report = self.score_pose()?;
+        tracing::info!(
+            "pose network: {} steps; names the turn of {:.1}% of the validation clouds ({:.1}% \
+             are not turned)",
+            self.trainer.position.pose_step,
+            100.0 * report.accuracy,
+            100.0 * report.unturned
+        );
+        self.send(Event::Pose(report));
+        Ok(None)
+    }
+
+    /// Judges, with the pose network as trained so far, which turn each training cloud's own
+    /// upright pose shows, where it is confident; from then on, targets count from the digit as
+    /// written rather than from the cloud as the set has it.
+    ///
+    /// NOTE: the training clouds were themselves rotated when the set was made, so about one in
+    /// six of them, taken as upright, is on its head or turned over already. A target counted
+    /// from such a cloud names the wrong turn, and the network, trained on those, learned the
+    /// turns it sees barely better than always answering none. Its own judgement of which
+    /// clouds came turned, midway, removes most of those wrong targets.
+    fn relabel_references(&mut self) -> Result<(), TrainError> {
+        /// The probability a turn must have for a cloud to count as turned.
+        const CONFIDENT: f32 = 0.6;
+        let t = &self.trainer;
+        let pose = t.model.pose().expect("the learned alignment has a pose network");
+        let [c, h, w] = pose::INPUT;
+        self.calibrate_pose(&epoch_order(&t.train, t.config.seed ^ 0x5eed, 0))?;
+        let mut references = vec![0u8; t.set.len()];
+        let plan: Vec<Vec<usize>> =
+            t.train.chunks(t.config.batch.max(64)).map(<[usize]>::to_vec).collect();
+        let set = Arc::clone(&t.set);
+        let batches = Prefetcher::start(plan, 2, move |i| {
+            Ok(make_pose_batch(&set, i, Augment::None, false, &[]))
+        });
+        while let Some(batch) = batches.next_batch()? {
+            let n = batch.indices.len();
+            let input = Tensor::from_vec(batch.input, (n, c, h, w), &t.device)?;
+            let probabilities =
+                candle_nn::ops::softmax_last_dim(&pose.forward(&input, Phase::Eval)?)?;
+            for (&i, p) in batch.indices.iter().zip(probabilities.to_vec2::<f32>()?) {
+                let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+                if best != 0 && p[best] > CONFIDENT {
+                    references[i] = best as u8;
+                }
+            }
+        }
+        let turned = references.iter().filter(|&&k| k != 0).count();
+        tracing::info!(
+            "the pose network judges {turned} of {} training clouds to have come turned",
+            t.train.len()
+        );
+        self.trainer.pose_references = Arc::new(references);
+        Ok(())
+    }
+
+    /// Re-estimates the pose network's batch-norm statistics over batches of `order`.
+    fn calibrate_pose(&self, order: &[usize]) -> Result<(), TrainError> {
+        let t = &self.trainer;
+        let config = &t.config;
+        let pose = t.model.pose().expect("the learned alignment has a pose network");
+        let [c, h, w] = pose::INPUT;
+        let plan: Vec<Vec<usize>> = order
+            .chunks(config.batch)
+            .take(config.calibration_batches)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let augment = Augment::Random {
+            distribution: config.augment,
+            seed: config.seed ^ POSE_SEED,
+            epoch: 0,
+        };
+        let (set, references) = (Arc::clone(&t.set), Arc::clone(&t.pose_references));
+        let batches = Prefetcher::start(plan, 2, move |i| {
+            Ok(make_pose_batch(&set, i, augment, true, &references))
+        });
+        while let Some(batch) = batches.next_batch()? {
+            let input = Tensor::from_vec(batch.input, (batch.indices.len(), c, h, w), &t.device)?;
+            pose.forward(&input, Phase::Calibrate)?;
+        }
+        Ok(())
+    }
+
+    /// Readies the pose network for use: re-estimates its batch-norm statistics over training
+    /// batches, and counts how often each turn occurs under the training rotations alone; then
+    /// scores it on the validation clouds, turned as in training.
+    fn score_pose(&self) -> Result<PoseReport, TrainError> {
+        let t = &self.trainer;
+        let config = &t.config;
+        let pose = t.model.pose().expect("the learned alignment has a pose network");
+        let [c, h, w] = pose::INPUT;
+        let batches = |indices: &[usize], epoch: usize| {
+            let plan: Vec<Vec<usize>> =
+                indices.chunks(config.batch).map(<[usize]>::to_vec).collect();
+            let augment = Augment::Random {
+                distribution: config.augment,
+                seed: config.seed ^ POSE_SEED,
+                epoch,
+            };
+            let (set, references) = (Arc::clone(&t.set), Arc::clone(&t.pose_references));
+            Prefetcher::start(plan, 2, move |i| {
+                Ok(make_pose_batch(&set, i, augment, false, &references))
+            })
+        };
+        let order = epoch_order(&t.train, config.seed ^ 0x5eed, 0);
+        self.calibrate_pose(&order)?;
+        // One pass over the training clouds turned as in training, counting the turns (with one
+        // of each more, so that none has a share of zero).
+        let mut counts = [1usize; 4];
+        let counting = batches(&order, 1);
+        while let Some(batch) = counting.next_batch()? {
+            batch.targets.iter().for_each(|&k| counts[k as usize] += 1);
+        }
+        let total = counts.iter().sum::<usize>() as f64;
+        pose.set_shares(counts.map(|n| n as f64 / total))?;
+
+        let (mut right, mut unturned) = (0, 0);
+        let scoring = batches(&t.val, 1 << 20);
+        while let Some(batch) = scoring.next_batch()? {
+            let input = Tensor::from_vec(batch.input, (batch.indices.len(), c, h, w), &t.device)?;
+            right += correct(&pose.scores(&input)?, &batch.targets)?;
+            unturned += batch.targets.iter().filter(|&&k| k == 0).count();
+        }
+        let n = t.val.len().max(1) as f64;
+        Ok(PoseReport { accuracy: right as f64 / n, unturned: unturned as f64 / n })
     }
 
     /// Waits while paused; says whether to stop, and why.
@@ -720,10 +1113,10 @@ impl Run {
             seed: config.seed,
             epoch: t.position.epoch,
         };
-        let preprocess = config.model.preprocess();
-        let [c, h, w] = preprocess.form.shape();
-        let prefetcher = Prefetcher::spawn(Arc::clone(&t.set), plan, preprocess, augment, 2);
-        while let Some(batch) = prefetcher.next_batch() {
+        let inputs = t.model.inputs();
+        let [c, h, w] = inputs.shape();
+        let prefetcher = Prefetcher::spawn(Arc::clone(&t.set), plan, inputs, augment, 2);
+        while let Some(batch) = prefetcher.next_batch()? {
             let input = Tensor::from_vec(batch.input, (batch.indices.len(), c, h, w), &t.device)?;
             t.model.embed(&input, Phase::Calibrate)?;
         }
@@ -745,9 +1138,12 @@ impl Run {
             has_optimizer: true,
             best_val_accuracy: t.best,
             history: t.history.clone(),
+            pose_references: t.pose_references.to_vec(),
         };
         let last = dir.join("last.safetensors");
-        checkpoint::save(&last, &t.model, Some(&t.optimizer), &meta)?;
+        let pose_training = t.pose_optimizer.is_some() && !t.position.pose_done;
+        let optimizer = if pose_training { t.pose_optimizer.as_ref() } else { Some(&t.optimizer) };
+        checkpoint::save(&last, &t.model, optimizer, &meta)?;
         self.send(Event::Saved(last));
         if best {
             let path = dir.join("best.safetensors");
@@ -762,6 +1158,15 @@ impl Run {
         write_metrics(&dir.join("metrics.csv"), &t.history)?;
         Ok(())
     }
+}
+
+/// Keeps the pose network's draws (order, rotations) apart from the classifier's.
+const POSE_SEED: u64 = 0x9053_5eed;
+
+/// How many rows of `scores` (`[N, classes]`) have their largest value at `targets`.
+fn correct(scores: &Tensor, targets: &[u32]) -> candle_core::Result<usize> {
+    let predicted: Vec<u32> = scores.argmax(1)?.to_vec1()?;
+    Ok(predicted.iter().zip(targets).filter(|(p, t)| p == t).count())
 }
 
 /// Writes one row per epoch, atomically.
