@@ -52,9 +52,17 @@ fn json_digits(dir: &Path, per_label: usize) {
 
 #[test]
 fn every_command_has_help() {
-    for command in
-        [vec!["--help"], vec!["info", "--help"], vec!["views", "--help"], vec!["lift", "--help"]]
-    {
+    for command in [
+        vec!["--help"],
+        vec!["info", "--help"],
+        vec!["views", "--help"],
+        vec!["lift", "--help"],
+        vec!["train", "--help"],
+        vec!["eval", "--help"],
+        vec!["predict", "--help"],
+        vec!["model", "--help"],
+        vec!["bench", "accuracy", "--help"],
+    ] {
         let output = digit3d(&command);
         assert!(output.status.success(), "{command:?}");
         assert!(stdout(&output).contains("Usage: digit3d"), "{command:?}: {}", stdout(&output));
@@ -231,4 +239,54 @@ fn lift_makes_a_dataset_in_the_dacon_layout() {
     assert!(digit3d(&forced).status.success());
     let (again, _) = Dataset::open(&out, LoadOptions { strict: true }).unwrap();
     assert_eq!(again.train.as_ref().unwrap().points(), train.points());
+}
+
+#[test]
+fn bench_accuracy_trains_scores_and_tabulates_each_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table.md");
+    let runs = dir.path().join("runs");
+    let args = [
+        "bench",
+        "accuracy",
+        "--data",
+        "data",
+        "--time-limit",
+        "0.05",
+        "--configs",
+        "compact:plane",
+        "--tta",
+        "2",
+        "--out",
+        runs.to_str().unwrap(),
+        "--table",
+        table.to_str().unwrap(),
+    ];
+    let output = digit3d(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    assert_eq!(fs::read_to_string(&table).unwrap().trim(), printed.trim());
+    // The bundled sample has its test labels: the test clouds are scored.
+    assert!(printed.contains("| test |"), "{printed}");
+    let row = printed.lines().find(|l| l.starts_with("| compact, plane |")).expect("a row");
+    let cells: Vec<&str> = row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+    for accuracy in &cells[4..6] {
+        let value: f64 = accuracy.parse().unwrap();
+        assert!((0.0..=1.0).contains(&value), "{row}");
+    }
+    assert!(printed.contains("--configs compact:plane --tta 2"), "{printed}");
+    assert!(dir.path().join("runs/compact-plane/best.safetensors").exists());
+
+    let bad = digit3d(&[
+        "bench",
+        "accuracy",
+        "--data",
+        "data",
+        "--time-limit",
+        "1",
+        "--configs",
+        "compact:sideways",
+    ]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("sideways"), "{}", stderr(&bad));
 }

@@ -1,5 +1,6 @@
 //! Command-line arguments and the commands they run.
 
+mod bench;
 mod eval;
 mod info;
 mod lift;
@@ -41,6 +42,8 @@ enum Command {
     Predict(predict::Args),
     /// Show a model's layers and parameter counts.
     Model(model::Args),
+    /// Measure: train and score several configurations side by side.
+    Bench(bench::Args),
     /// Open the desktop program: rotate a cloud, see its views, train, inspect mistakes.
     #[cfg(feature = "gui")]
     Gui(crate::gui::Args),
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Predict(args)) => predict::run(args),
         Some(Command::Model(args)) => model::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
         #[cfg(feature = "gui")]
         Some(Command::Gui(args)) => crate::gui::run(args, bundled_data()),
         None => open_desktop(),
