@@ -1,5 +1,6 @@
-//! Unattended runs of the window: a screenshot once the scene is ready, frame-time statistics,
-//! and the time from launch to the first complete frame.
+//! Unattended runs of the window: a screenshot once the scene is ready, frame-time statistics
+//! (optionally while the cloud turns as under a drag), and the time from launch to the first
+//! complete frame.
 //!
 //! Render pipelines compile in the background, so the first frames of a fresh window are
 //! partly black. The window counts as ready once every pipeline the renderer has asked for
@@ -19,7 +20,8 @@ use digit3d::atomic::write_atomically;
 use digit3d::dataset::DataError;
 
 use super::Args;
-use super::scene::Scene;
+use super::scene::{self, Scene};
+use super::session::Session;
 use super::training::TrainingPanel;
 
 /// Frames in a row with every pipeline compiled before the window counts as ready.
@@ -42,6 +44,10 @@ struct Capture {
     requested: bool,
     /// Seconds per frame since the window became ready.
     frame_seconds: Vec<f64>,
+    /// Radians to turn the cloud by every frame once the window is ready.
+    spin: Option<f64>,
+    /// Seconds each recomputation of the views took while spinning.
+    views_seconds: Vec<f64>,
 }
 
 pub fn add(app: &mut App, args: &Args) {
@@ -57,6 +63,8 @@ pub fn add(app: &mut App, args: &Args) {
             ready_at: None,
             requested: false,
             frame_seconds: Vec::new(),
+            spin: args.spin.map(f64::to_radians),
+            views_seconds: Vec::new(),
         })
         .add_systems(Last, watch);
     app.sub_app_mut(RenderApp).insert_resource(ready).add_systems(Render, check_pipelines);
@@ -79,6 +87,7 @@ fn watch(
     ready: Res<PipelinesReady>,
     time: Res<Time<Real>>,
     training: NonSend<TrainingPanel>,
+    mut session: NonSendMut<Session>,
     mut exit: MessageWriter<AppExit>,
 ) {
     capture.frames += 1;
@@ -96,6 +105,13 @@ fn watch(
         return;
     };
     capture.frame_seconds.push(time.delta_secs_f64());
+    if let Some(angle) = capture.spin {
+        // The views of the previous turn were recomputed during this frame.
+        if capture.frame_seconds.len() > 1 {
+            capture.views_seconds.push(session.views_seconds);
+        }
+        session.turn(&scene::screen_turn(angle, 0.0));
+    }
 
     // A timed run reports (and takes its screenshot) at the end; an untimed one shoots at once.
     let due = capture.exit_after.is_none_or(|limit| ready_at.elapsed().as_secs_f64() >= limit);
@@ -104,7 +120,7 @@ fn watch(
     }
     capture.requested = true;
     if capture.exit_after.is_some() {
-        report(&capture.frame_seconds, &training);
+        report(&capture, &training);
     }
     if capture.screenshot.is_some() {
         commands.spawn(Screenshot::primary_window()).observe(save_and_exit);
@@ -113,13 +129,15 @@ fn watch(
     }
 }
 
-/// Prints the frame times (median and 95th percentile) and the training throughput.
-fn report(frame_seconds: &[f64], training: &TrainingPanel) {
-    let mut ms: Vec<f64> = frame_seconds.iter().skip(1).map(|s| s * 1e3).collect();
-    ms.sort_by(f64::total_cmp);
-    let at =
-        |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
-    println!("frames {} median {:.1} ms p95 {:.1} ms", ms.len(), at(0.5), at(0.95));
+/// Prints the frame times (median and 95th percentile), the time the views took while the
+/// cloud spun, and the training throughput.
+fn report(capture: &Capture, training: &TrainingPanel) {
+    let (frames, median, p95) = quantiles(capture.frame_seconds.iter().skip(1));
+    println!("frames {frames} median {median:.1} ms p95 {p95:.1} ms");
+    if capture.spin.is_some() {
+        let (updates, median, p95) = quantiles(&capture.views_seconds);
+        println!("views recomputed {updates} times, median {median:.2} ms p95 {p95:.2} ms");
+    }
     if let Some(rate) = training.samples_per_second() {
         let last = training.last_samples_per_second().unwrap_or(0.0);
         println!("training {rate:.1} samples/s over the run, {last:.1} samples/s at the end");
@@ -148,6 +166,15 @@ fn save_and_exit(
         println!("grid at {x} {y} size {w} {h}");
     }
     exit.write(AppExit::Success);
+}
+
+/// The count, median and 95th percentile of `seconds`, the latter two in milliseconds.
+fn quantiles<'a>(seconds: impl IntoIterator<Item = &'a f64>) -> (usize, f64, f64) {
+    let mut ms: Vec<f64> = seconds.into_iter().map(|s| s * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let at =
+        |q: f64| ms.get(((ms.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+    (ms.len(), at(0.5), at(0.95))
 }
 
 fn save_png(image: &Image, path: &Path) -> Result<(), DataError> {

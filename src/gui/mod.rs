@@ -57,6 +57,10 @@ pub struct Args {
     /// Exit after this many seconds, printing frame times and training throughput.
     #[arg(long, value_name = "SECONDS")]
     pub exit_after: Option<f64>,
+    /// Turn the cloud by this many degrees every frame about the screen's vertical axis, as a
+    /// steady drag would (to measure frames and view updates while it turns).
+    #[arg(long, value_name = "DEGREES", allow_hyphen_values = true)]
+    pub spin: Option<f64>,
 }
 
 /// How long the window waits for input before it redraws anyway: often enough while work runs in
@@ -95,7 +99,8 @@ fn open(args: Args, data: PathBuf, session: session::Session) {
     // A screenshot taken as soon as the window is ready must not wait for input to draw its
     // frames; a timed run keeps the usual pace, so that what it measures is what users get.
     let shoot_at_once = args.screenshot.is_some() && args.exit_after.is_none();
-    let update = if args.continuous || shoot_at_once {
+    // A spin stands for a drag, whose mouse events redraw every frame.
+    let update = if args.continuous || args.spin.is_some() || shoot_at_once {
         WinitSettings::continuous()
     } else {
         WinitSettings {

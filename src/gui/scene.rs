@@ -120,9 +120,7 @@ pub fn drag_and_zoom(
         // Right turns about the screen's up axis, down about its right axis; both written in
         // the cloud's axes (the columns of TO_WORLD's transpose).
         let [dx, dy] = [f64::from(motion.delta.x), f64::from(motion.delta.y)];
-        let up = Rotation::about(world_to_cloud([0.0, 1.0, 0.0]), dx * DRAG_SPEED);
-        let right = Rotation::about(world_to_cloud([1.0, 0.0, 0.0]), dy * DRAG_SPEED);
-        session.turn(&right.then_apply(&up));
+        session.turn(&screen_turn(dx * DRAG_SPEED, dy * DRAG_SPEED));
     }
     if scroll.delta.y != 0.0 && !wants.is_pointer_over_area() {
         let lines = match scroll.unit {
@@ -132,6 +130,14 @@ pub fn drag_and_zoom(
         scene.distance =
             (scene.distance * (-0.12 * lines).exp()).clamp(DISTANCE_RANGE.0, DISTANCE_RANGE.1);
     }
+}
+
+/// The turn of a drag: `right` radians about the screen's up axis (positive turns the front to
+/// the right), then `down` radians about its right axis; written in the cloud's axes.
+pub fn screen_turn(right: f64, down: f64) -> Rotation {
+    let up_axis = Rotation::about(world_to_cloud([0.0, 1.0, 0.0]), right);
+    let right_axis = Rotation::about(world_to_cloud([1.0, 0.0, 0.0]), down);
+    right_axis.then_apply(&up_axis)
 }
 
 /// A vector given in screen (world) axes, written in the cloud's axes.
