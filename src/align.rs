@@ -225,7 +225,6 @@ fn symmetric_eigen(mut a: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lift::{DIGIT_SIDE, Digit, LiftConfig, lift_digit};
     use crate::rotation::{Angles, RotationDistribution};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
@@ -242,17 +241,8 @@ mod tests {
         }
     }
 
-    /// An asymmetric shape: a long bar with a short bar off one end (an L), lifted unrotated.
     fn l_shape() -> Vec<Point> {
-        let mut pixels = vec![0.0; DIGIT_SIDE * DIGIT_SIDE];
-        for k in 6..22 {
-            pixels[k * DIGIT_SIDE + 10] = 1.0;
-        }
-        for k in 10..16 {
-            pixels[21 * DIGIT_SIDE + k] = 1.0;
-        }
-        let config = LiftConfig { rotation: RotationDistribution::None, ..LiftConfig::default() };
-        lift_digit(&Digit { label: 7, pixels }, &config, &mut ChaCha8Rng::seed_from_u64(1)).0
+        crate::lift::testing::l_shape(1)
     }
 
     #[test]

@@ -459,6 +459,28 @@ fn write_folder(
     fs::write(&path, json + "\n").map_err(|e| DataError::io(&path, e))
 }
 
+/// Shapes for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// An asymmetric shape, a long bar with a short bar off one end (an L), lifted flat in the
+    /// (x, y) plane with points drawn by `seed`.
+    pub fn l_shape(seed: u64) -> Vec<Point> {
+        let mut pixels = vec![0.0; DIGIT_SIDE * DIGIT_SIDE];
+        for k in 6..22 {
+            pixels[k * DIGIT_SIDE + 10] = 1.0;
+        }
+        for k in 10..16 {
+            pixels[21 * DIGIT_SIDE + k] = 1.0;
+        }
+        let config = LiftConfig { rotation: RotationDistribution::None, ..LiftConfig::default() };
+        lift_digit(&Digit { label: 7, pixels }, &config, &mut ChaCha8Rng::seed_from_u64(seed)).0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,8 +54,13 @@ fn tiny_set(n: usize) -> Arc<CloudSet> {
 
 fn tiny_config(epochs: usize) -> TrainConfig {
     let mut config = TrainConfig::new(Architecture::Compact);
-    config.model.compact =
-        CompactConfig { stem: 8, stem_kernel: 1, stages: vec![12, 16], depths: vec![1, 1] };
+    config.model.compact = CompactConfig {
+        stem: 8,
+        stem_kernel: 1,
+        stem_stride: 1,
+        stages: vec![12, 16],
+        depths: vec![1, 1],
+    };
     config.epochs = epochs;
     config.batch = 8;
     config.lr = 1e-2;
@@ -245,8 +250,13 @@ fn tiny_learned_config(epochs: usize) -> TrainConfig {
     let mut config = tiny_config(epochs);
     config.model.alignment = Alignment::Learned;
     config.model.input = InputForm::Boards;
-    config.model.pose =
-        CompactConfig { stem: 8, stem_kernel: 3, stages: vec![12, 16], depths: vec![1, 1] };
+    config.model.pose = CompactConfig {
+        stem: 8,
+        stem_kernel: 3,
+        stem_stride: 2,
+        stages: vec![12, 16],
+        depths: vec![1, 1],
+    };
     config.pose_epochs = 2;
     config.augment = RotationDistribution::PiOverK { max_k: 4 };
     config

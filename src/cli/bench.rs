@@ -13,7 +13,7 @@ use digit3d::dataset::{CloudSet, DataError, Dataset, LoadOptions, LoadReport, Ro
 use digit3d::nn::model::Architecture;
 use digit3d::train::checkpoint::Checkpoint;
 use digit3d::train::data::stratified_split;
-use digit3d::train::eval::{evaluate, tta_passes};
+use digit3d::train::eval::{Tta, TtaTurns, evaluate};
 use digit3d::train::{DeviceChoice, Event, TrainConfig, Trainer};
 
 /// The labels of the test clouds, beside `test.h5`, as `digit3d lift` writes them.
@@ -53,6 +53,9 @@ pub struct AccuracyArgs {
     /// Test-time augmentation: the passes averaged in the TTA column.
     #[arg(long, default_value_t = 8)]
     pub tta: usize,
+    /// The turned copies of each pass in the TTA column (see `predict --tta-turns`).
+    #[arg(long, value_enum, default_value = "none")]
+    pub tta_turns: TtaTurns,
     /// Seed of the split, the initial weights and every random draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -155,15 +158,8 @@ fn accuracy(args: AccuracyArgs) -> anyhow::Result<()> {
         let (mut epochs, mut best) = (0, f64::NAN);
         while let Some(event) = handle.next_event() {
             match event {
-                Event::Epoch(report) => {
-                    epochs = report.record.epoch;
-                    tracing::info!(
-                        "{}: epoch {}, validation accuracy {:.4}",
-                        setup.name(),
-                        report.record.epoch,
-                        report.record.val_accuracy
-                    );
-                }
+                // The trainer logs each epoch itself.
+                Event::Epoch(report) => epochs = report.record.epoch,
                 Event::Finished { best_val_accuracy, .. } => {
                     best = best_val_accuracy.unwrap_or(f64::NAN);
                 }
@@ -177,8 +173,8 @@ fn accuracy(args: AccuracyArgs) -> anyhow::Result<()> {
         let checkpoint = Checkpoint::read(&out.join("best.safetensors"))?;
         let model = checkpoint.model(&device)?;
         let meta = &checkpoint.meta.train;
-        let score = |passes: usize| -> anyhow::Result<Score> {
-            let passes = tta_passes(passes, meta.augment, meta.seed);
+        let score = |tta: Tta| -> anyhow::Result<Score> {
+            let passes = tta.passes(meta.augment, meta.seed);
             let started = Instant::now();
             let evaluation = evaluate(&model, &test, &test_indices, 64, &passes, None, &device)?;
             let seconds = started.elapsed().as_secs_f64();
@@ -190,12 +186,13 @@ fn accuracy(args: AccuracyArgs) -> anyhow::Result<()> {
                 clouds_per_second: test_indices.len() as f64 / seconds,
             })
         };
-        let (plain, tta) = (score(1)?, score(args.tta)?);
+        let (plain, tta) =
+            (score(Tta::NONE)?, score(Tta { rotations: args.tta, turns: args.tta_turns })?);
         tracing::info!(
             "{}: {scored} accuracy {:.4}, with {} TTA passes {:.4}",
             setup.name(),
             plain.accuracy,
-            args.tta,
+            args.tta * args.tta_turns.turns().len(),
             tta.accuracy
         );
         rows.push(Row {
@@ -254,7 +251,7 @@ fn table(rows: &[Row], args: &AccuracyArgs, scored: &str) -> String {
     let _ = writeln!(
         out,
         "| configuration | epochs | training (min) | best validation | {scored} | {scored}, TTA x{} | prediction (clouds/s) | with TTA (clouds/s) |",
-        args.tta
+        args.tta * args.tta_turns.turns().len()
     );
     let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
@@ -274,11 +271,13 @@ fn table(rows: &[Row], args: &AccuracyArgs, scored: &str) -> String {
     let configs: Vec<String> = args.configs.iter().map(Setup::arg).collect();
     let _ = write!(
         out,
-        "\n`digit3d bench accuracy --data {} --time-limit {} --configs {} --tta {} --seed {}`",
+        "\n`digit3d bench accuracy --data {} --time-limit {} --configs {} --tta {} --tta-turns {} \
+         --seed {}`",
         args.data.display(),
         args.time_limit,
         configs.join(","),
         args.tta,
+        args.tta_turns.name(),
         args.seed
     );
     out

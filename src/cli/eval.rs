@@ -7,7 +7,7 @@ use anyhow::Context;
 use digit3d::dataset::{CloudSet, Dataset, LoadOptions, LoadReport, Role, TEST_H5};
 use digit3d::train::checkpoint::Checkpoint;
 use digit3d::train::data::stratified_split;
-use digit3d::train::eval::{Confusion, evaluate, tta_passes};
+use digit3d::train::eval::{Confusion, evaluate};
 
 use super::predict::Scoring;
 
@@ -77,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     digit3d::tune_allocator();
     let set = Arc::new(set);
-    let passes = tta_passes(args.scoring.tta, config.augment, config.seed);
+    let passes = args.scoring.tta().passes(config.augment, config.seed);
     let evaluation = evaluate(&model, &set, &indices, args.scoring.batch, &passes, None, &device)?;
     let confusion = evaluation.confusion.context("the samples have no labels to score against")?;
     println!("{} samples of {what}", indices.len());

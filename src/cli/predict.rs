@@ -10,7 +10,7 @@ use digit3d::dataset::{Dataset, LoadOptions, write_labels};
 use digit3d::nn::head::CLASSES;
 use digit3d::train::DeviceChoice;
 use digit3d::train::checkpoint::Checkpoint;
-use digit3d::train::eval::{argmax, evaluate, tta_passes};
+use digit3d::train::eval::{Tta, TtaTurns, argmax, evaluate};
 
 /// Arguments of `digit3d predict`.
 #[derive(Debug, clap::Args)]
@@ -35,12 +35,22 @@ pub struct Scoring {
     /// Average the cosines over K rotations (the first none, the rest drawn as in training).
     #[arg(long, default_value_t = 1)]
     pub tta: usize,
+    /// Also average over each posed cloud turned over (`over`), and turned half-way round too
+    /// (`all`): the poses a digit with two faces alike may have landed in.
+    #[arg(long, value_enum, default_value = "none")]
+    pub tta_turns: TtaTurns,
     /// Samples per batch.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Where to run.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
+}
+
+impl Scoring {
+    pub fn tta(&self) -> Tta {
+        Tta { rotations: self.tta, turns: self.tta_turns }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -62,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut sums = vec![[0f32; CLASSES]; set.len()];
     for (checkpoint, model) in checkpoints.iter().zip(&models) {
         let train = &checkpoint.meta.train;
-        let passes = tta_passes(args.scoring.tta, train.augment, train.seed);
+        let passes = args.scoring.tta().passes(train.augment, train.seed);
         let evaluation =
             evaluate(model, &set, &indices, args.scoring.batch, &passes, None, &device)?;
         for (sum, cosines) in sums.iter_mut().zip(&evaluation.cosines) {
@@ -76,13 +86,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rows: Vec<(u32, u8)> =
         set.ids().iter().zip(&sums).map(|(&id, s)| (id, argmax(s))).collect();
     write_labels(&args.out, rows)?;
-    let passes = args.scoring.tta * models.len();
+    let passes_each = args.scoring.tta().count();
+    let passes = passes_each * models.len();
     tracing::info!(
         "wrote {} predictions to {} ({} model(s) x {} pass(es)) in {seconds:.1} s: {:.0} clouds/s",
         set.len(),
         args.out.display(),
         models.len(),
-        args.scoring.tta,
+        passes_each,
         (set.len() * passes) as f64 / seconds
     );
     Ok(())

@@ -80,9 +80,9 @@ pub struct Args {
     /// The compact model's separable convolutions per stage (default: 1,2,2).
     #[arg(long, value_name = "D,D,...", value_delimiter = ',')]
     pub depths: Option<Vec<usize>>,
-    /// The compact model's stem: channels and kernel size, as C,K (default: 32,3; 32,1 on the
-    /// views).
-    #[arg(long, value_name = "C,K", value_delimiter = ',')]
+    /// The compact model's stem: channels, kernel size and optionally stride, as C,K or C,K,S
+    /// (default: 32,3,1; 32,1,1 on the views).
+    #[arg(long, value_name = "C,K[,S]", value_delimiter = ',')]
     pub stem: Option<Vec<usize>>,
     /// With --align learned: epochs of training the pose network before the classifier.
     #[arg(long, default_value_t = 4)]
@@ -153,10 +153,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         compact.depths = depths;
     }
     if let Some(stem) = args.stem {
-        let [channels, kernel] = stem[..] else {
-            anyhow::bail!("--stem takes two numbers, channels and kernel size: 32,3");
+        let (channels, kernel, stride) = match stem[..] {
+            [channels, kernel] => (channels, kernel, 1),
+            [channels, kernel, stride] => (channels, kernel, stride),
+            _ => anyhow::bail!(
+                "--stem takes channels, kernel size and optionally stride: 32,3 or 32,3,2"
+            ),
         };
-        (compact.stem, compact.stem_kernel) = (channels, kernel);
+        (compact.stem, compact.stem_kernel, compact.stem_stride) = (channels, kernel, stride);
     }
 
     let resume = args.resume.as_deref().map(Checkpoint::read).transpose()?;

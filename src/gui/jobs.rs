@@ -18,8 +18,8 @@ use digit3d::nn::layers::Phase;
 use digit3d::nn::model::Model;
 use digit3d::train::Mistake;
 use digit3d::train::checkpoint::{Checkpoint, CheckpointMeta, sidecar};
-use digit3d::train::data::{Augment, stratified_split};
-use digit3d::train::eval::{argmax, evaluate, tta_passes};
+use digit3d::train::data::stratified_split;
+use digit3d::train::eval::{Pass, Tta, argmax, evaluate};
 
 use super::session::{Data, Mistakes, Session};
 use super::training::TrainingPanel;
@@ -114,7 +114,7 @@ impl Jobs {
     }
 
     /// Writes the predictions of a checkpoint for every cloud of `set` to `out`.
-    pub fn export(&mut self, checkpoint: PathBuf, set: Arc<CloudSet>, tta: usize, out: PathBuf) {
+    pub fn export(&mut self, checkpoint: PathBuf, set: Arc<CloudSet>, tta: Tta, out: PathBuf) {
         self.spawn("export", move || Done::Wrote(export(&checkpoint, &set, tta, &out)))
     }
 
@@ -199,7 +199,7 @@ fn score(path: &Path, set: &Arc<CloudSet>) -> anyhow::Result<Mistakes> {
     let config = &checkpoint.meta.train;
     let (_, val) = stratified_split(labels, config.val_fraction, config.seed);
     anyhow::ensure!(!val.is_empty(), "the checkpoint's validation split of this set is empty");
-    let evaluation = evaluate(&model, set, &val, 64, &[Augment::None], None, &Device::Cpu)?;
+    let evaluation = evaluate(&model, set, &val, 64, &[Pass::PLAIN], None, &Device::Cpu)?;
     let list = val
         .iter()
         .zip(&evaluation.predictions)
@@ -217,11 +217,11 @@ fn score(path: &Path, set: &Arc<CloudSet>) -> anyhow::Result<Mistakes> {
     })
 }
 
-fn export(path: &Path, set: &Arc<CloudSet>, tta: usize, out: &Path) -> anyhow::Result<String> {
+fn export(path: &Path, set: &Arc<CloudSet>, tta: Tta, out: &Path) -> anyhow::Result<String> {
     let checkpoint = Checkpoint::read(path)?;
     let model = checkpoint.model(&Device::Cpu)?;
     let config = &checkpoint.meta.train;
-    let passes = tta_passes(tta, config.augment, config.seed);
+    let passes = tta.passes(config.augment, config.seed);
     let indices: Vec<usize> = (0..set.len()).collect();
     let evaluation = evaluate(&model, set, &indices, 64, &passes, None, &Device::Cpu)?;
     let rows = set.ids().iter().zip(&evaluation.cosines).map(|(&id, c)| (id, argmax(c)));
@@ -246,7 +246,7 @@ fn copy_checkpoint(from: &Path, to: &Path) -> anyhow::Result<String> {
 struct Request {
     generation: u64,
     cloud: Vec<Point>,
-    tta: usize,
+    tta: Tta,
 }
 
 /// What the model makes of one cloud: its cosines, and with the learned alignment the cloud in
@@ -284,7 +284,7 @@ impl Predictor {
                     request = newer;
                     skipped += 1;
                 }
-                let passes = tta_passes(request.tta, meta.train.augment, meta.train.seed);
+                let passes = request.tta.passes(meta.train.augment, meta.train.seed);
                 let result = predict(&model, &request.cloud, &passes).map_err(|e| e.to_string());
                 counter.fetch_sub(skipped + 1, Ordering::Relaxed);
                 if outbox.send((request.generation, result)).is_err() {
@@ -295,8 +295,9 @@ impl Predictor {
         Ok((Predictor { requests, results, pending }, describe))
     }
 
-    /// Asks for the cosines of `cloud` (already rotated as shown), averaged over `tta` passes.
-    pub fn request(&self, generation: u64, cloud: &[Point], tta: usize) {
+    /// Asks for the cosines of `cloud` (already rotated as shown), averaged over the passes of
+    /// `tta`.
+    pub fn request(&self, generation: u64, cloud: &[Point], tta: Tta) {
         self.pending.fetch_add(1, Ordering::Relaxed);
         let request = Request { generation, cloud: cloud.to_vec(), tta };
         if self.requests.send(request).is_err() {
@@ -316,13 +317,15 @@ impl Predictor {
 
 /// The cosines of one cloud, averaged over the rotations of `passes`, and with the learned
 /// alignment the cloud as the model poses it.
-fn predict(model: &Model, cloud: &[Point], passes: &[Augment]) -> anyhow::Result<Predicted> {
+fn predict(model: &Model, cloud: &[Point], passes: &[Pass]) -> anyhow::Result<Predicted> {
     let inputs = model.inputs();
     let [c, h, w] = inputs.shape();
-    let clouds: Vec<Vec<Point>> =
-        passes.iter().map(|pass| pass.angles(0).rotation().rotate(cloud)).collect();
-    let mut input = vec![0f32; passes.len() * inputs.values()];
-    inputs.write(&clouds, &mut input)?;
+    let len = inputs.values();
+    let mut input = vec![0f32; passes.len() * len];
+    for (pass, out) in passes.iter().zip(input.chunks_mut(len)) {
+        let rotated = pass.augment.angles(0).rotation().rotate(cloud);
+        inputs.clone().turned(pass.turn).write(&[rotated], out)?;
+    }
     let input = Tensor::from_vec(input, (passes.len(), c, h, w), &Device::Cpu)?;
     let cosines = model.cosines(&input, Phase::Eval)?.mean(0)?.to_vec1::<f32>()?;
     let mut out = [0f32; CLASSES];

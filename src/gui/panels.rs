@@ -9,7 +9,7 @@ use clap::ValueEnum;
 use digit3d::align::Alignment;
 use digit3d::nn::head::CLASSES;
 use digit3d::rotation::Angles;
-use digit3d::train::eval::argmax;
+use digit3d::train::eval::{TtaTurns, argmax};
 use digit3d::views::{Boards, VIEW_COUNT, VIEW_SIZE, ViewKind, grid_side};
 use egui::{Color32, ColorImage, RichText, TextureHandle, TextureOptions, Vec2};
 use egui_plot::{Bar, BarChart, Plot};
@@ -274,7 +274,12 @@ fn prediction(ui: &mut egui::Ui, session: &mut Session) {
     ui.label(model.path.display().to_string());
     ui.label(RichText::new(&model.describe).small());
     let mut tta = session.tta;
-    ui.add(egui::Slider::new(&mut tta, 1..=16).text("test-time rotations"));
+    ui.add(egui::Slider::new(&mut tta.rotations, 1..=16).text("test-time rotations"));
+    egui::ComboBox::from_label("turned copies").selected_text(tta.turns.name()).show_ui(ui, |ui| {
+        for &turns in TtaTurns::value_variants() {
+            ui.selectable_value(&mut tta.turns, turns, turns.name());
+        }
+    });
     if tta != session.tta {
         session.tta = tta;
         session.views_generation = 0;

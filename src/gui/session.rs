@@ -11,7 +11,7 @@ use digit3d::dataset::{CloudSet, Dataset, LoadOptions, LoadReport};
 use digit3d::nn::head::CLASSES;
 use digit3d::rotation::{Angles, Rotation};
 use digit3d::train::Mistake;
-use digit3d::train::eval::Confusion;
+use digit3d::train::eval::{Confusion, Tta};
 use digit3d::views::{Boards, VIEW_SIZE};
 
 use super::Args;
@@ -120,7 +120,7 @@ pub struct Session {
     pub model: Option<LoadedModel>,
     /// The live prediction for the current sample, and the generation it belongs to.
     pub prediction: Option<(u64, [f32; CLASSES])>,
-    pub tta: usize,
+    pub tta: Tta,
     pub mistakes: Option<Mistakes>,
     pub messages: Vec<Message>,
     pub jobs: Jobs,
@@ -153,7 +153,7 @@ impl Session {
             jump_to: String::new(),
             model: None,
             prediction: None,
-            tta: 1,
+            tta: Tta::NONE,
             mistakes: None,
             messages: Vec::new(),
             jobs: Jobs::default(),

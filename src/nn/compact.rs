@@ -15,6 +15,9 @@ pub struct CompactConfig {
     pub stem: usize,
     /// The stem's kernel size (1: a mix of the input channels, pixel by pixel).
     pub stem_kernel: usize,
+    /// The stem's stride (2 halves the resolution the stages work at).
+    #[serde(default = "one")]
+    pub stem_stride: usize,
     /// Channels of each stage; each stage ends with a 2x max pool.
     pub stages: Vec<usize>,
     /// Separable convolutions in each stage.
@@ -32,8 +35,18 @@ impl CompactConfig {
             InputForm::Views => 1,
             InputForm::Boards | InputForm::Grid => 3,
         };
-        CompactConfig { stem: 32, stem_kernel, stages: vec![48, 96, 192], depths: vec![1, 2, 2] }
+        CompactConfig {
+            stem: 32,
+            stem_kernel,
+            stem_stride: 1,
+            stages: vec![48, 96, 192],
+            depths: vec![1, 2, 2],
+        }
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The compact backbone.
@@ -55,7 +68,7 @@ impl Compact {
         let (conv, mut shape) = if large {
             Conv::new(b, "stem_conv", input, config.stem, k.max(3), 2, k.max(3) / 2)?
         } else {
-            Conv::new(b, "stem_conv", input, config.stem, k, 1, k / 2)?
+            Conv::new(b, "stem_conv", input, config.stem, k, config.stem_stride.max(1), k / 2)?
         };
         let stem = Normalised::new(b, "stem_conv", conv, shape)?;
         if large {

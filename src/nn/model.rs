@@ -14,6 +14,7 @@ use super::pose::{self, PoseNet};
 use super::xception::{self, Xception};
 use crate::Point;
 use crate::align::Alignment;
+use crate::rotation::Rotation;
 use crate::views::{Boards, PROJECTIONS, VIEW_COUNT, VIEW_SIZE, grid_side};
 
 /// Which backbone.
@@ -203,7 +204,7 @@ impl Model {
 
     /// How clouds become this model's inputs, to hand to worker threads.
     pub fn inputs(&self) -> Inputs {
-        Inputs { preprocess: self.config.preprocess(), pose: self.pose.clone() }
+        Inputs { preprocess: self.config.preprocess(), pose: self.pose.clone(), after_pose: None }
     }
 
     /// The embeddings of a batch of inputs `[N, C, H, W]`.
@@ -230,12 +231,21 @@ const POSE_SEED: u64 = 0x9053_0f1a;
 pub struct Inputs {
     preprocess: Preprocess,
     pose: Option<Arc<PoseNet>>,
+    /// A turn applied to every cloud once posed, before it is drawn.
+    after_pose: Option<Rotation>,
 }
 
 impl Inputs {
     /// Inputs posed by geometry alone (the learned alignment stops at its plane pose).
     pub fn new(preprocess: Preprocess) -> Self {
-        Inputs { preprocess, pose: None }
+        Inputs { preprocess, pose: None, after_pose: None }
+    }
+
+    /// The same inputs with every cloud turned by `turn` once posed: a way to show a model the
+    /// other poses a cloud could have landed in, where a pose leaves its sign undecided.
+    pub fn turned(mut self, turn: Rotation) -> Self {
+        self.after_pose = (turn != Rotation::IDENTITY).then_some(turn);
+        self
     }
 
     /// How the clouds are drawn once posed.
@@ -257,15 +267,15 @@ impl Inputs {
     /// on all cores.
     pub fn write(&self, clouds: &[Vec<Point>], out: &mut [f32]) -> Result<()> {
         let len = self.values();
-        let Some(net) = &self.pose else {
+        if self.pose.is_none() && self.after_pose.is_none() {
             out.par_chunks_mut(len)
                 .zip(clouds.par_iter())
                 .for_each_init(Scratch::default, |scratch, (out, cloud)| {
                     self.preprocess.write(cloud, scratch, out)
                 });
             return Ok(());
-        };
-        let posed = self.learned_poses(net, clouds)?;
+        }
+        let posed = self.posed(clouds)?;
         let drawn = Preprocess { alignment: Alignment::None, form: self.preprocess.form };
         out.par_chunks_mut(len)
             .zip(posed.par_iter())
@@ -277,17 +287,23 @@ impl Inputs {
 
     /// `clouds` in the pose the model sees them in.
     pub fn posed(&self, clouds: &[Vec<Point>]) -> Result<Vec<Vec<Point>>> {
-        match &self.pose {
-            Some(net) => self.learned_poses(net, clouds),
-            None => Ok(clouds
+        let mut posed = match &self.pose {
+            Some(net) => self.learned_poses(net, clouds)?,
+            None => clouds
                 .par_iter()
                 .map(|cloud| {
                     let mut posed = Vec::new();
                     self.preprocess.alignment.apply(cloud, &mut posed);
                     posed
                 })
-                .collect()),
+                .collect(),
+        };
+        if let Some(turn) = self.after_pose {
+            posed
+                .par_iter_mut()
+                .for_each(|cloud| cloud.iter_mut().for_each(|p| *p = turn.apply(*p)));
         }
+        Ok(posed)
     }
 
     /// The upright poses of `clouds`, each turned back by the turn the pose network names for

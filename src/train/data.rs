@@ -61,7 +61,7 @@ pub fn epoch_order(train: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
 }
 
 /// How the clouds of a batch are rotated before their views are taken.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Augment {
     /// As they are.
     None,
@@ -255,7 +255,6 @@ impl<B> Drop for Prefetcher<B> {
 mod tests {
     use super::*;
     use crate::dataset::Role;
-    use crate::lift::{DIGIT_SIDE, Digit, LiftConfig, lift_digit};
 
     const VIEWS: Preprocess = Preprocess { alignment: Alignment::None, form: InputForm::Views };
 
@@ -330,16 +329,7 @@ mod tests {
     #[test]
     fn the_pose_target_takes_the_upright_pose_of_the_cloud_to_the_one_shown() {
         // An asymmetric digit (an L) lifted flat, then tilted a little as a set's clouds are.
-        let mut pixels = vec![0.0; DIGIT_SIDE * DIGIT_SIDE];
-        for k in 6..22 {
-            pixels[k * DIGIT_SIDE + 10] = 1.0;
-        }
-        for k in 10..16 {
-            pixels[21 * DIGIT_SIDE + k] = 1.0;
-        }
-        let config = LiftConfig { rotation: RotationDistribution::None, ..LiftConfig::default() };
-        let (flat, _) =
-            lift_digit(&Digit { label: 7, pixels }, &config, &mut ChaCha8Rng::seed_from_u64(2));
+        let flat = crate::lift::testing::l_shape(2);
         let cloud = Angles::new(0.2, -0.1, 0.3).rotation().rotate(&flat);
         let set = CloudSet::from_samples(Role::Train, "t.h5".into(), vec![(0, Some(7), cloud)]);
 

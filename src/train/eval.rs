@@ -12,7 +12,8 @@ use crate::nn::curricular::CurricularFace;
 use crate::nn::head::CLASSES;
 use crate::nn::layers::Phase;
 use crate::nn::model::Model;
-use crate::rotation::RotationDistribution;
+use crate::nn::pose::TURNS;
+use crate::rotation::{Rotation, RotationDistribution};
 
 /// Counts of (true label, predicted label) pairs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,17 +59,90 @@ pub fn argmax(values: &[f32; CLASSES]) -> u8 {
     best as u8
 }
 
-/// The rotations of `k` test-time passes: none, then `k - 1` drawn from `distribution`.
-pub fn tta_passes(k: usize, distribution: RotationDistribution, seed: u64) -> Vec<Augment> {
-    // Pass numbers far from any training epoch keep test-time draws apart from training ones.
-    const FIRST_PASS: usize = 1 << 20;
-    std::iter::once(Augment::None)
-        .chain((1..k.max(1)).map(|pass| Augment::Random {
-            distribution,
-            seed,
-            epoch: FIRST_PASS + pass,
-        }))
-        .collect()
+/// Which turned copies of each posed cloud test-time augmentation adds. A pose lays the digit
+/// flat but cannot tell its two faces apart (they look the same), so a cloud that came turned
+/// over lands mirrored; its copies turned over again show the digit as written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum TtaTurns {
+    /// The posed cloud only.
+    #[default]
+    None,
+    /// Also the posed cloud turned over about x and about y.
+    Over,
+    /// Also the posed cloud turned over either way and turned half-way round within its plane:
+    /// the four [`TURNS`].
+    All,
+}
+
+impl TtaTurns {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TtaTurns::None => "none",
+            TtaTurns::Over => "over",
+            TtaTurns::All => "all",
+        }
+    }
+
+    /// The turns, the identity first.
+    pub fn turns(self) -> &'static [Rotation] {
+        match self {
+            TtaTurns::None => &TURNS[..1],
+            TtaTurns::Over => &OVER,
+            TtaTurns::All => &TURNS,
+        }
+    }
+}
+
+/// The identity and the two turns over (see [`TURNS`]).
+const OVER: [Rotation; 3] = [TURNS[0], TURNS[2], TURNS[3]];
+
+/// One way of showing samples to a model: the clouds rotated by `augment`, posed, and turned by
+/// `turn` before they are drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pass {
+    pub augment: Augment,
+    pub turn: Rotation,
+}
+
+impl Pass {
+    /// The clouds as they are.
+    pub const PLAIN: Pass = Pass { augment: Augment::None, turn: Rotation::IDENTITY };
+}
+
+/// Test-time augmentation: the cosines averaged over `rotations` rotations of each cloud (none,
+/// then rotations drawn as in training), and each posed rotated cloud turned by each of
+/// `turns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tta {
+    pub rotations: usize,
+    pub turns: TtaTurns,
+}
+
+impl Tta {
+    /// One pass, the clouds as they are.
+    pub const NONE: Tta = Tta { rotations: 1, turns: TtaTurns::None };
+
+    /// The passes, rotations drawn from `distribution` with `seed`.
+    pub fn passes(self, distribution: RotationDistribution, seed: u64) -> Vec<Pass> {
+        // Pass numbers far from any training epoch keep test-time draws apart from training ones.
+        const FIRST_PASS: usize = 1 << 20;
+        let rotations = std::iter::once(Augment::None).chain(
+            (1..self.rotations.max(1)).map(|pass| Augment::Random {
+                distribution,
+                seed,
+                epoch: FIRST_PASS + pass,
+            }),
+        );
+        rotations
+            .flat_map(|augment| self.turns.turns().iter().map(move |&turn| Pass { augment, turn }))
+            .collect()
+    }
+
+    /// How many passes [`Tta::passes`] makes.
+    pub fn count(self) -> usize {
+        self.rotations.max(1) * self.turns.turns().len()
+    }
 }
 
 /// The result of scoring samples.
@@ -86,15 +160,15 @@ pub struct Evaluation {
     pub loss: Option<f64>,
 }
 
-/// Scores the samples `indices` of `set`, in batches of `batch`, once per entry of `passes`
-/// (each a way of rotating the clouds first), averaging the cosines. With `loss`, also the mean
+/// Scores the samples `indices` of `set`, in batches of `batch`, once per entry of `passes`,
+/// averaging the cosines. With `loss`, also the mean
 /// loss of the first pass.
 pub fn evaluate(
     model: &Model,
     set: &Arc<CloudSet>,
     indices: &[usize],
     batch: usize,
-    passes: &[Augment],
+    passes: &[Pass],
     loss: Option<&CurricularFace>,
     device: &Device,
 ) -> Result<Evaluation> {
@@ -104,15 +178,15 @@ pub fn evaluate(
     let mut loss_sum = 0.0;
     let plan: Vec<Vec<usize>> = indices.chunks(batch.max(1)).map(<[usize]>::to_vec).collect();
 
-    for (pass, augment) in passes.iter().enumerate() {
-        let prefetcher =
-            Prefetcher::spawn(Arc::clone(set), plan.clone(), inputs.clone(), *augment, 2);
+    for (number, pass) in passes.iter().enumerate() {
+        let inputs = inputs.clone().turned(pass.turn);
+        let prefetcher = Prefetcher::spawn(Arc::clone(set), plan.clone(), inputs, pass.augment, 2);
         let mut offset = 0;
         while let Some(b) = prefetcher.next_batch()? {
             let n = b.indices.len();
             let input = Tensor::from_vec(b.input, (n, c, h, w), device)?;
             let cosines = model.cosines(&input, Phase::Eval)?;
-            if let (0, Some(loss), Some(labels)) = (pass, loss, &b.labels) {
+            if let (0, Some(loss), Some(labels)) = (number, loss, &b.labels) {
                 let labels = Tensor::from_vec(labels.clone(), n, device)?;
                 let value: f32 = loss.loss(&cosines, &labels)?.loss.to_scalar()?;
                 loss_sum += f64::from(value) * n as f64;
@@ -144,6 +218,43 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::align::Alignment;
+    use crate::nn::model::{InputForm, Inputs, Preprocess};
+
+    #[test]
+    fn tta_gives_every_rotation_each_of_its_turns() {
+        let tta = Tta { rotations: 3, turns: TtaTurns::Over };
+        let passes = tta.passes(RotationDistribution::PiOverK { max_k: 32 }, 5);
+        assert_eq!(passes.len(), tta.count());
+        assert_eq!(passes.len(), 9);
+        assert_eq!(passes[0], Pass::PLAIN);
+        for (group, turns) in passes.chunks(3).zip(0..) {
+            assert!(group.iter().all(|p| p.augment == group[0].augment));
+            assert_eq!(group.iter().map(|p| p.turn).collect::<Vec<_>>(), OVER);
+            assert_eq!(group[0].augment == Augment::None, turns == 0);
+        }
+        assert_ne!(passes[3].augment, passes[6].augment);
+        assert_eq!(Tta::NONE.passes(RotationDistribution::Uniform, 5), vec![Pass::PLAIN]);
+        assert_eq!(Tta { rotations: 2, turns: TtaTurns::All }.count(), 8);
+    }
+
+    #[test]
+    fn a_turned_over_copy_shows_a_digit_that_came_turned_over_as_written() {
+        // The plane pose cannot tell an L from an L turned over (its faces look the same): it
+        // lands mirrored, and the pass turned over again shows the L as written.
+        let flat = crate::lift::testing::l_shape(3);
+        let over = TURNS[2].rotate(&flat);
+        let inputs =
+            Inputs::new(Preprocess { alignment: Alignment::Plane, form: InputForm::Boards });
+        let draw = |inputs: &Inputs, cloud: &[crate::Point]| {
+            let mut out = vec![0f32; inputs.values()];
+            inputs.write(&[cloud.to_vec()], &mut out).unwrap();
+            out
+        };
+        let written = draw(&inputs, &flat);
+        assert_ne!(draw(&inputs, &over), written);
+        assert_eq!(draw(&inputs.clone().turned(TURNS[2]), &over), written);
+    }
 
     #[test]
     fn confusion_counts_accuracy_overall_and_per_class() {

@@ -29,8 +29,8 @@ use crate::nn::model::{Architecture, Model, ModelConfig};
 use crate::nn::pose;
 use crate::rotation::RotationDistribution;
 use checkpoint::{Checkpoint, CheckpointError, CheckpointMeta, EpochRecord, Position};
-use data::{Augment, Prefetcher, epoch_order, make_pose_batch, stratified_split};
-use eval::{Confusion, evaluate};
+use data::{Augment, PoseBatch, Prefetcher, epoch_order, make_pose_batch, stratified_split};
+use eval::{Confusion, Pass, evaluate};
 use optim::{AdamW, AdamWConfig, Schedule};
 
 /// Where the tensors live.
@@ -565,13 +565,40 @@ fn check_settings(config: &TrainConfig) -> Result<(), TrainError> {
             compact.stages, compact.depths
         ));
     }
-    if compact.stem == 0 || compact.stem_kernel.is_multiple_of(2) {
+    if compact.stem == 0 || compact.stem_kernel.is_multiple_of(2) || compact.stem_stride == 0 {
         return bad(format!(
-            "the compact model's stem needs channels and an odd kernel size, not {},{}",
-            compact.stem, compact.stem_kernel
+            "the compact model's stem needs channels, an odd kernel size and a stride, not \
+             {},{},{}",
+            compact.stem, compact.stem_kernel, compact.stem_stride
         ));
     }
     Ok(())
+}
+
+/// Training throughput over the last few seconds of steps.
+struct Throughput {
+    since: Instant,
+    samples: usize,
+}
+
+impl Throughput {
+    /// Seconds after which the count starts afresh.
+    const WINDOW: f64 = 5.0;
+
+    fn new() -> Self {
+        Throughput { since: Instant::now(), samples: 0 }
+    }
+
+    /// Counts `n` more samples trained; returns the samples per second since the count began.
+    fn add(&mut self, n: usize) -> f64 {
+        self.samples += n;
+        let elapsed = self.since.elapsed().as_secs_f64();
+        let rate = self.samples as f64 / elapsed.max(1e-9);
+        if elapsed > Self::WINDOW {
+            *self = Throughput::new();
+        }
+        rate
+    }
 }
 
 /// Times a few steps of a training phase, once it is past its first ones (which wait for the
@@ -704,7 +731,7 @@ impl Run {
 
         let batches = self.batches_per_epoch();
         let mut tally = Tally::default();
-        let mut window = (Instant::now(), 0usize);
+        let mut throughput = Throughput::new();
         loop {
             if let Some(reason) = self.interruption() {
                 return Ok((tally, Some(reason)));
@@ -736,8 +763,6 @@ impl Run {
             tally.samples += n;
             tally.batches += 1;
             tally.lr = lr;
-            window.1 += n;
-            let elapsed = window.0.elapsed().as_secs_f64();
             let stats = StepStats {
                 epoch: t.position.epoch + 1,
                 batch: t.position.batch,
@@ -748,11 +773,8 @@ impl Run {
                 accuracy: correct as f64 / n as f64,
                 t: t.loss.t,
                 lr,
-                samples_per_sec: window.1 as f64 / elapsed.max(1e-9),
+                samples_per_sec: throughput.add(n),
             };
-            if elapsed > 5.0 {
-                window = (Instant::now(), 0);
-            }
             self.send(Event::Step(stats));
             if let Some(seconds) = self.pace.step() {
                 self.fit_epochs(seconds);
@@ -828,8 +850,7 @@ impl Run {
         let per_epoch = self.batches_per_epoch() as u64;
         let budget = config.time_limit_minutes.map(|m| m * 60.0 * config.pose_share);
         let [c, h, w] = pose::INPUT;
-        let seed = config.seed ^ POSE_SEED;
-        let mut window = (Instant::now(), 0usize);
+        let mut throughput = Throughput::new();
         'epochs: while self.trainer.position.pose_step < self.pose_schedule().total {
             let step = self.trainer.position.pose_step;
             let epoch = (step / per_epoch) as usize;
@@ -837,18 +858,13 @@ impl Run {
             if epoch >= relabel_at && self.trainer.pose_references.is_empty() {
                 self.relabel_references()?;
             }
-            let t = &self.trainer;
-            let order = epoch_order(&t.train, seed, epoch);
+            let order = epoch_order(&self.trainer.train, config.seed ^ POSE_SEED, epoch);
             let plan: Vec<Vec<usize>> = order
                 .chunks_exact(config.batch)
                 .skip((step % per_epoch) as usize)
                 .map(<[usize]>::to_vec)
                 .collect();
-            let augment = Augment::Random { distribution: config.augment, seed, epoch };
-            let (set, references) = (Arc::clone(&t.set), Arc::clone(&t.pose_references));
-            let prefetcher = Prefetcher::start(plan, 3, move |i| {
-                Ok(make_pose_batch(&set, i, augment, true, &references))
-            });
+            let prefetcher = self.pose_batches(plan, Some(epoch), true);
             loop {
                 if let Some(reason) = self.interruption() {
                     return Ok(Some(reason));
@@ -874,8 +890,6 @@ impl Run {
                 t.position.pose_step += 1;
 
                 let right = correct(&scores, &batch.targets)?;
-                window.1 += n;
-                let elapsed = window.0.elapsed().as_secs_f64();
                 let stats = StepStats {
                     epoch: epoch + 1,
                     batch: (t.position.pose_step - epoch as u64 * per_epoch) as usize,
@@ -886,11 +900,8 @@ impl Run {
                     accuracy: right as f64 / n as f64,
                     t: t.loss.t,
                     lr,
-                    samples_per_sec: window.1 as f64 / elapsed.max(1e-9),
+                    samples_per_sec: throughput.add(n),
                 };
-                if elapsed > 5.0 {
-                    window = (Instant::now(), 0);
-                }
                 self.send(Event::PoseStep(stats));
                 if let Some(seconds) = self.pose_pace.step() {
                     self.fit_pose_epochs(seconds);
@@ -915,7 +926,7 @@ impl Run {
     /// written rather than from the cloud as the set has it.
     ///
     /// NOTE: the training clouds were themselves rotated when the set was made, so about one in
-    /// six of them, taken as upright, is on its head or turned over already. A target counted
+    /// ten of them, taken as upright, is on its head or turned over already. A target counted
     /// from such a cloud names the wrong turn, and the network, trained on those, learned the
     /// turns it sees barely better than always answering none. Its own judgement of which
     /// clouds came turned, midway, removes most of those wrong targets.
@@ -927,12 +938,8 @@ impl Run {
         let [c, h, w] = pose::INPUT;
         self.calibrate_pose(&epoch_order(&t.train, t.config.seed ^ 0x5eed, 0))?;
         let mut references = vec![0u8; t.set.len()];
-        let plan: Vec<Vec<usize>> =
-            t.train.chunks(t.config.batch.max(64)).map(<[usize]>::to_vec).collect();
-        let set = Arc::clone(&t.set);
-        let batches = Prefetcher::start(plan, 2, move |i| {
-            Ok(make_pose_batch(&set, i, Augment::None, false, &[]))
-        });
+        let plan: Vec<Vec<usize>> = t.train.chunks(t.config.batch).map(<[usize]>::to_vec).collect();
+        let batches = self.pose_batches(plan, None, false);
         while let Some(batch) = batches.next_batch()? {
             let n = batch.indices.len();
             let input = Tensor::from_vec(batch.input, (n, c, h, w), &t.device)?;
@@ -965,20 +972,33 @@ impl Run {
             .take(config.calibration_batches)
             .map(<[usize]>::to_vec)
             .collect();
-        let augment = Augment::Random {
-            distribution: config.augment,
-            seed: config.seed ^ POSE_SEED,
-            epoch: 0,
-        };
-        let (set, references) = (Arc::clone(&t.set), Arc::clone(&t.pose_references));
-        let batches = Prefetcher::start(plan, 2, move |i| {
-            Ok(make_pose_batch(&set, i, augment, true, &references))
-        });
+        let batches = self.pose_batches(plan, Some(0), true);
         while let Some(batch) = batches.next_batch()? {
             let input = Tensor::from_vec(batch.input, (batch.indices.len(), c, h, w), &t.device)?;
             pose.forward(&input, Phase::Calibrate)?;
         }
         Ok(())
+    }
+
+    /// The pose network's batches of `plan`, made ahead on a worker thread: each cloud turned
+    /// as in training pass `epoch` (not at all without one), with `mixed` then by one of the
+    /// four turns, and its target counted from the training clouds' judged turns, if judged.
+    fn pose_batches(
+        &self,
+        plan: Vec<Vec<usize>>,
+        epoch: Option<usize>,
+        mixed: bool,
+    ) -> Prefetcher<PoseBatch> {
+        let t = &self.trainer;
+        let augment = epoch.map_or(Augment::None, |epoch| Augment::Random {
+            distribution: t.config.augment,
+            seed: t.config.seed ^ POSE_SEED,
+            epoch,
+        });
+        let (set, references) = (Arc::clone(&t.set), Arc::clone(&t.pose_references));
+        Prefetcher::start(plan, 3, move |i| {
+            Ok(make_pose_batch(&set, i, augment, mixed, &references))
+        })
     }
 
     /// Readies the pose network for use: re-estimates its batch-norm statistics over training
@@ -990,17 +1010,8 @@ impl Run {
         let pose = t.model.pose().expect("the learned alignment has a pose network");
         let [c, h, w] = pose::INPUT;
         let batches = |indices: &[usize], epoch: usize| {
-            let plan: Vec<Vec<usize>> =
-                indices.chunks(config.batch).map(<[usize]>::to_vec).collect();
-            let augment = Augment::Random {
-                distribution: config.augment,
-                seed: config.seed ^ POSE_SEED,
-                epoch,
-            };
-            let (set, references) = (Arc::clone(&t.set), Arc::clone(&t.pose_references));
-            Prefetcher::start(plan, 2, move |i| {
-                Ok(make_pose_batch(&set, i, augment, false, &references))
-            })
+            let plan = indices.chunks(config.batch).map(<[usize]>::to_vec).collect();
+            self.pose_batches(plan, Some(epoch), false)
         };
         let order = epoch_order(&t.train, config.seed ^ 0x5eed, 0);
         self.calibrate_pose(&order)?;
@@ -1052,7 +1063,7 @@ impl Run {
             &t.set,
             &t.val,
             t.config.batch.max(32),
-            &[Augment::None],
+            &[Pass::PLAIN],
             Some(&t.loss),
             &t.device,
         )?;
