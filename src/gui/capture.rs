@@ -31,9 +31,9 @@ const STEADY_FRAMES: u32 = 5;
 #[derive(Resource, Clone, Default)]
 struct PipelinesReady(Arc<AtomicBool>);
 
-/// What an unattended run waits for and measures.
+/// When the window became ready, and what an unattended run waits for and measures.
 #[derive(Resource)]
-struct Capture {
+pub struct Capture {
     launched: Instant,
     screenshot: Option<PathBuf>,
     after_frames: u32,
@@ -48,6 +48,13 @@ struct Capture {
     spin: Option<f64>,
     /// Seconds each recomputation of the views took while spinning.
     views_seconds: Vec<f64>,
+}
+
+impl Capture {
+    /// Whether every render pipeline has compiled, for a few frames in a row.
+    pub fn is_ready(&self) -> bool {
+        self.ready_at.is_some()
+    }
 }
 
 pub fn add(app: &mut App, args: &Args) {
@@ -136,7 +143,7 @@ fn report(capture: &Capture, training: &TrainingPanel) {
     println!("frames {frames} median {median:.1} ms p95 {p95:.1} ms");
     if capture.spin.is_some() {
         let (updates, median, p95) = quantiles(&capture.views_seconds);
-        println!("views recomputed {updates} times, median {median:.2} ms p95 {p95:.2} ms");
+        println!("views recomputed {updates} times, median {median:.3} ms p95 {p95:.3} ms");
     }
     if let Some(rate) = training.samples_per_second() {
         let last = training.last_samples_per_second().unwrap_or(0.0);

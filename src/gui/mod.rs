@@ -19,7 +19,9 @@ use std::time::Duration;
 use bevy::prelude::*;
 use bevy::window::WindowResolution;
 use bevy::winit::{UpdateMode, WinitSettings};
-use bevy_egui::{EguiPlugin, EguiPostUpdateSet, EguiPrimaryContextPass};
+use bevy_egui::{
+    EguiInput, EguiPlugin, EguiPostUpdateSet, EguiPreUpdateSet, EguiPrimaryContextPass, egui,
+};
 use digit3d::rotation::Angles;
 
 /// Arguments of `digit3d gui`.
@@ -97,17 +99,10 @@ pub fn run(args: Args, bundled: PathBuf) -> anyhow::Result<()> {
 
 fn open(args: Args, data: PathBuf, session: session::Session) {
     // A screenshot taken as soon as the window is ready must not wait for input to draw its
-    // frames; a timed run keeps the usual pace, so that what it measures is what users get.
+    // frames; a timed run keeps the usual pace, so that what it measures is what users get. A
+    // spin stands for a drag, whose mouse events redraw every frame.
     let shoot_at_once = args.screenshot.is_some() && args.exit_after.is_none();
-    // A spin stands for a drag, whose mouse events redraw every frame.
-    let update = if args.continuous || args.spin.is_some() || shoot_at_once {
-        WinitSettings::continuous()
-    } else {
-        WinitSettings {
-            focused_mode: UpdateMode::reactive(IDLE_REDRAW),
-            unfocused_mode: UpdateMode::reactive_low_power(IDLE_REDRAW),
-        }
-    };
+    let pace = Pace { continuous: args.continuous || args.spin.is_some() || shoot_at_once };
 
     let window = Window {
         title: format!("digit3d: {}", data.display()),
@@ -122,12 +117,19 @@ fn open(args: Args, data: PathBuf, session: session::Session) {
             .disable::<bevy::log::LogPlugin>(),
     )
     .add_plugins(EguiPlugin::default())
-    .insert_resource(update)
+    .insert_resource(WinitSettings::continuous())
+    .insert_resource(pace)
     .insert_resource(ClearColor(scene::BACKGROUND))
     .insert_resource(args.tab)
     .insert_non_send(session)
     .insert_non_send(training::TrainingPanel::new(args.train))
     .add_systems(Startup, scene::setup)
+    .add_systems(
+        PreUpdate,
+        drop_unchanged_modifiers
+            .after(EguiPreUpdateSet::ProcessInput)
+            .before(EguiPreUpdateSet::BeginPass),
+    )
     .add_systems(Update, (jobs::poll_jobs, scene::drag_and_zoom, pace_redraws).chain())
     .add_systems(EguiPrimaryContextPass, panels::draw)
     .add_systems(
@@ -138,19 +140,51 @@ fn open(args: Args, data: PathBuf, session: session::Session) {
     app.run();
 }
 
-/// Redraws a few times a second while work runs in the background, and rarely otherwise.
+/// Removes the modifier-key event bevy_egui hands egui every frame when the keys have not
+/// changed. egui takes any event as a reason to draw the next frame at once, so without this
+/// the window would redraw in a busy loop however idle it is.
+fn drop_unchanged_modifiers(
+    mut inputs: Query<&mut EguiInput>,
+    mut last: Local<Option<egui::Modifiers>>,
+) {
+    for mut input in &mut inputs {
+        input.events.retain(|event| match event {
+            egui::Event::ModifiersChanged(now) => last.replace(*now) != Some(*now),
+            _ => true,
+        });
+    }
+}
+
+/// How the window paces its frames.
+#[derive(Resource)]
+struct Pace {
+    /// Redraw continuously, not only on input.
+    continuous: bool,
+}
+
+/// Redraws continuously until the scene is ready (its pipelines compile in the background, and
+/// nothing else would draw the finished scene), then on input and a few times a second while
+/// work runs in the background, and rarely otherwise.
 fn pace_redraws(
+    pace: Res<Pace>,
+    capture: Res<capture::Capture>,
     session: NonSend<session::Session>,
     training: NonSend<training::TrainingPanel>,
     mut settings: ResMut<WinitSettings>,
 ) {
-    if settings.focused_mode == UpdateMode::Continuous {
-        return;
-    }
     let busy = session.busy() || training.running();
     let wait = if busy { BUSY_REDRAW } else { IDLE_REDRAW };
-    if settings.focused_mode != UpdateMode::reactive(wait) {
-        settings.focused_mode = UpdateMode::reactive(wait);
-        settings.unfocused_mode = UpdateMode::reactive_low_power(wait);
+    let wanted = if pace.continuous || !capture.is_ready() {
+        WinitSettings::continuous()
+    } else {
+        WinitSettings {
+            focused_mode: UpdateMode::reactive(wait),
+            unfocused_mode: UpdateMode::reactive_low_power(wait),
+        }
+    };
+    if settings.focused_mode != wanted.focused_mode
+        || settings.unfocused_mode != wanted.unfocused_mode
+    {
+        *settings = wanted;
     }
 }

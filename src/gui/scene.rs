@@ -72,12 +72,14 @@ pub fn setup(
     commands.spawn((Mesh3d(mesh.clone()), MeshMaterial3d(material), Transform::default(), Cloud));
     commands.spawn((
         Camera3d::default(),
+        Msaa::Off,
         Transform::from_xyz(0.0, 0.0, DISTANCE).looking_at(Vec3::ZERO, Vec3::Y),
         MainCamera,
     ));
     commands.spawn((
         PrimaryEguiContext,
         Camera2d,
+        Msaa::Off,
         RenderLayers::none(),
         Camera {
             order: 1,
@@ -208,19 +210,17 @@ fn physical_viewport(rect: egui::Rect, window: &Window) -> Option<Viewport> {
     })
 }
 
-/// One small octahedron per point: a solid that reads as a dot from every side and costs eight
-/// triangles, far less to draw under software rendering than a list of point primitives.
+/// The corners of the solid drawn for a point, about the point in units of [`POINT_RADIUS`]: a
+/// regular tetrahedron.
+const CORNERS: [[f32; 3]; 4] =
+    [[1.0, 1.0, 1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]];
+
+/// One small tetrahedron per point, all in one mesh: a solid that reads as a dot from every
+/// side at a few pixels across, for four triangles. Under software rendering, point primitives
+/// cost far more, and an octahedron twice as many triangles.
 fn point_solids(cloud: &[Point]) -> Mesh {
-    const CORNERS: [[f32; 3]; 6] = [
-        [1.0, 0.0, 0.0],
-        [-1.0, 0.0, 0.0],
-        [0.0, 1.0, 0.0],
-        [0.0, -1.0, 0.0],
-        [0.0, 0.0, 1.0],
-        [0.0, 0.0, -1.0],
-    ];
-    const FACES: [[u32; 3]; 8] =
-        [[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]];
+    // Wound counter-clockwise seen from outside, so that back faces are culled.
+    const FACES: [[u32; 3]; 4] = [[1, 3, 2], [0, 2, 3], [0, 3, 1], [0, 1, 2]];
     let mut positions = Vec::with_capacity(cloud.len() * CORNERS.len());
     let mut indices = Vec::with_capacity(cloud.len() * FACES.len() * 3);
     for (i, p) in cloud.iter().enumerate() {
@@ -242,7 +242,7 @@ fn depth_colours(cloud: &[Point], rotation: &Rotation) -> Vec<[f32; 4]> {
     let (near, far) =
         depths.iter().fold((f32::MIN, f32::MAX), |(hi, lo), &d| (hi.max(d), lo.min(d)));
     let span = (near - far).max(1e-6);
-    depths.iter().flat_map(|d| [ramp((d - far) / span); 6]).collect()
+    depths.iter().flat_map(|d| [ramp((d - far) / span); CORNERS.len()]).collect()
 }
 
 /// A perceptually even ramp from deep blue (0) through teal and green to yellow (1), in linear
