@@ -11,6 +11,7 @@ use digit3d::align::Alignment;
 use digit3d::atomic::write_atomically;
 use digit3d::dataset::{CloudSet, DataError, Dataset, LoadOptions, LoadReport, Role, TEST_H5};
 use digit3d::nn::model::Architecture;
+use digit3d::rotation::RotationDistribution;
 use digit3d::train::checkpoint::Checkpoint;
 use digit3d::train::data::stratified_split;
 use digit3d::train::eval::{Tta, TtaTurns, evaluate};
@@ -59,6 +60,9 @@ pub struct AccuracyArgs {
     /// Seed of the split, the initial weights and every random draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Training (and test-time) rotations, as `train --augment`: match them to the set's.
+    #[arg(long, default_value = "pi-over-k:32")]
+    pub augment: RotationDistribution,
     /// Where to write each configuration's run folder.
     #[arg(long, default_value = "runs/bench-accuracy")]
     pub out: PathBuf,
@@ -141,6 +145,7 @@ fn accuracy(args: AccuracyArgs) -> anyhow::Result<()> {
     for setup in &args.configs {
         let mut config = TrainConfig::new(setup.architecture);
         config.model.alignment = setup.alignment;
+        config.augment = args.augment;
         config.seed = args.seed;
         config.device = args.device;
         config.time_limit_minutes = Some(args.time_limit);
@@ -272,12 +277,13 @@ fn table(rows: &[Row], args: &AccuracyArgs, scored: &str) -> String {
     let _ = write!(
         out,
         "\n`digit3d bench accuracy --data {} --time-limit {} --configs {} --tta {} --tta-turns {} \
-         --seed {}`",
+         --augment {} --seed {}`",
         args.data.display(),
         args.time_limit,
         configs.join(","),
         args.tta,
         args.tta_turns.name(),
+        args.augment,
         args.seed
     );
     out
