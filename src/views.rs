@@ -901,7 +901,7 @@ mod tests {
         for (p, board) in out.chunks(46 * 46).enumerate() {
             assert_eq!(board, views.view(8 * p), "projection {p}");
         }
-        assert!(out.iter().any(|&v| v == 1));
+        assert!(out.contains(&1));
     }
 
     #[test]

@@ -52,15 +52,14 @@ fn tiny_set(n: usize) -> Arc<CloudSet> {
     Arc::new(CloudSet::from_samples(Role::Train, "tiny/train.h5".into(), samples))
 }
 
+/// A compact backbone small enough to train in a test: two stages of one convolution each.
+fn tiny_net(stem_kernel: usize, stem_stride: usize) -> CompactConfig {
+    CompactConfig { stem: 8, stem_kernel, stem_stride, stages: vec![12, 16], depths: vec![1, 1] }
+}
+
 fn tiny_config(epochs: usize) -> TrainConfig {
     let mut config = TrainConfig::new(Architecture::Compact);
-    config.model.compact = CompactConfig {
-        stem: 8,
-        stem_kernel: 1,
-        stem_stride: 1,
-        stages: vec![12, 16],
-        depths: vec![1, 1],
-    };
+    config.model.compact = tiny_net(1, 1);
     config.epochs = epochs;
     config.batch = 8;
     config.lr = 1e-2;
@@ -250,13 +249,7 @@ fn tiny_learned_config(epochs: usize) -> TrainConfig {
     let mut config = tiny_config(epochs);
     config.model.alignment = Alignment::Learned;
     config.model.input = InputForm::Boards;
-    config.model.pose = CompactConfig {
-        stem: 8,
-        stem_kernel: 3,
-        stem_stride: 2,
-        stages: vec![12, 16],
-        depths: vec![1, 1],
-    };
+    config.model.pose = tiny_net(3, 2);
     config.pose_epochs = 2;
     config.augment = RotationDistribution::PiOverK { max_k: 4 };
     config

@@ -620,9 +620,9 @@ impl Pace {
         if self.steps == Self::SKIP {
             self.since = Some(Instant::now());
         }
-        let seconds = (self.steps == Self::SKIP + Self::TIMED)
-            .then(|| self.since.map(|t| t.elapsed().as_secs_f64() / Self::TIMED as f64))?;
-        seconds
+        (self.steps == Self::SKIP + Self::TIMED)
+            .then(|| self.since.map(|t| t.elapsed().as_secs_f64() / Self::TIMED as f64))
+            .flatten()
     }
 }
 
