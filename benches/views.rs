@@ -109,6 +109,14 @@ fn main() {
         boards.lit_count(2)
     );
     println!("  digit3d                 {:>9.1} µs", rust * 1e6);
+    let fill = common::best_seconds(|| {
+        black_box(Boards::from_cloud(black_box(&cloud), VIEW_SIZE));
+    });
+    let grid = common::best_seconds(|| {
+        black_box(black_box(&boards).grid());
+    });
+    println!("    of which boards       {:>9.1} µs", fill * 1e6);
+    println!("    and grid from boards  {:>9.1} µs", grid * 1e6);
     compare_with_numpy(&cloud, rust);
     bench_batch();
 }

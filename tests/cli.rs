@@ -275,7 +275,21 @@ fn bench_accuracy_trains_scores_and_tabulates_each_configuration() {
         assert!((0.0..=1.0).contains(&value), "{row}");
     }
     assert!(printed.contains("--configs compact:plane --tta 2"), "{printed}");
-    assert!(dir.path().join("runs/compact-plane/best.safetensors").exists());
+    let best = dir.path().join("runs/compact-plane/best.safetensors");
+    assert!(best.exists());
+
+    // A model averaged with itself scores exactly as it does alone.
+    let accuracy_line = |copies: usize| {
+        let mut args = vec!["eval", "--data", "data", "--labels", "data/test_labels.csv"];
+        for _ in 0..copies {
+            args.extend(["--checkpoint", best.to_str().unwrap()]);
+        }
+        let output = digit3d(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let printed = stdout(&output);
+        printed.lines().find(|l| l.starts_with("accuracy ")).expect("an accuracy").to_owned()
+    };
+    assert_eq!(accuracy_line(2), accuracy_line(1));
 
     let bad = digit3d(&[
         "bench",

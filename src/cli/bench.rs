@@ -48,7 +48,7 @@ pub struct AccuracyArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "compact:none,compact:pca,compact:upright,compact:learned"
+        default_value = "compact:none,compact:pca,compact:plane,compact:upright,compact:learned"
     )]
     pub configs: Vec<Setup>,
     /// Test-time augmentation: the passes averaged in the TTA column.

@@ -1,4 +1,5 @@
-//! `digit3d eval`: accuracy, per-class accuracy and the confusion matrix of a checkpoint.
+//! `digit3d eval`: accuracy, per-class accuracy and the confusion matrix of a checkpoint, or of
+//! the average of several.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,17 +8,17 @@ use anyhow::Context;
 use digit3d::dataset::{CloudSet, Dataset, LoadOptions, LoadReport, Role, TEST_H5};
 use digit3d::train::checkpoint::Checkpoint;
 use digit3d::train::data::stratified_split;
-use digit3d::train::eval::{Confusion, evaluate};
+use digit3d::train::eval::{Confusion, evaluate_ensemble};
 
 use super::predict::Scoring;
 
 /// Arguments of `digit3d eval`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The checkpoint.
-    #[arg(long, value_name = "CKPT")]
-    pub checkpoint: PathBuf,
-    /// The dataset folder. Without --labels, the checkpoint's validation split of its
+    /// The checkpoint; repeat it to average the cosines of several models.
+    #[arg(long, value_name = "CKPT", required = true)]
+    pub checkpoint: Vec<PathBuf>,
+    /// The dataset folder. Without --labels, the checkpoints' validation split of their
     /// training clouds is scored (the same seed and fraction give the same split).
     #[arg(long)]
     pub data: PathBuf,
@@ -29,10 +30,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let checkpoint = Checkpoint::read(&args.checkpoint)?;
+    anyhow::ensure!(args.scoring.tta >= 1, "--tta must be at least 1");
     let device = args.scoring.device.device().map_err(anyhow::Error::msg)?;
-    let model = checkpoint.model(&device)?;
-    let config = &checkpoint.meta.train;
+    let checkpoints =
+        args.checkpoint.iter().map(|p| Checkpoint::read(p)).collect::<Result<Vec<_>, _>>()?;
+    let models = checkpoints.iter().map(|c| c.model(&device)).collect::<Result<Vec<_>, _>>()?;
+    let config = &checkpoints[0].meta.train;
 
     let (set, indices, what) = match &args.labels {
         Some(labels) => {
@@ -58,6 +61,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let labels = set
                 .labels()
                 .with_context(|| format!("{}: no train.csv labels", args.data.display()))?;
+            // The split is the first checkpoint's; the others must have held out the same.
+            for (path, other) in args.checkpoint.iter().zip(&checkpoints).skip(1) {
+                let theirs = &other.meta.train;
+                anyhow::ensure!(
+                    (theirs.seed, theirs.val_fraction) == (config.seed, config.val_fraction),
+                    "{} held out another validation split (seed {}, fraction {}) than {} (seed \
+                     {}, fraction {}): score them on a labelled test set with --labels",
+                    path.display(),
+                    theirs.seed,
+                    theirs.val_fraction,
+                    args.checkpoint[0].display(),
+                    config.seed,
+                    config.val_fraction
+                );
+            }
             let (_, val) = stratified_split(labels, config.val_fraction, config.seed);
             anyhow::ensure!(
                 !val.is_empty(),
@@ -77,8 +95,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     digit3d::tune_allocator();
     let set = Arc::new(set);
-    let passes = args.scoring.tta().passes(config.augment, config.seed);
-    let evaluation = evaluate(&model, &set, &indices, args.scoring.batch, &passes, None, &device)?;
+    let members: Vec<_> = checkpoints
+        .iter()
+        .zip(&models)
+        .map(|(checkpoint, model)| {
+            let train = &checkpoint.meta.train;
+            (model, args.scoring.tta().passes(train.augment, train.seed))
+        })
+        .collect();
+    let evaluation = evaluate_ensemble(&members, &set, &indices, args.scoring.batch, &device)?;
     let confusion = evaluation.confusion.context("the samples have no labels to score against")?;
     println!("{} samples of {what}", indices.len());
     print_confusion(&confusion);

@@ -2,7 +2,6 @@
 
 use candle_core::Device;
 use digit3d::align::Alignment;
-use digit3d::nn::compact::CompactConfig;
 use digit3d::nn::model::{Architecture, InputForm, Model, ModelConfig};
 use digit3d::nn::pose::PoseNet;
 
@@ -29,7 +28,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = ModelConfig::new(args.model);
     if let Some(input) = args.input {
         config.input = input;
-        config.compact = CompactConfig::for_input(input);
     }
     if let Some(alignment) = args.align {
         config.alignment = alignment;

@@ -7,10 +7,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use digit3d::dataset::{Dataset, LoadOptions, write_labels};
-use digit3d::nn::head::CLASSES;
 use digit3d::train::DeviceChoice;
 use digit3d::train::checkpoint::Checkpoint;
-use digit3d::train::eval::{Tta, TtaTurns, argmax, evaluate};
+use digit3d::train::eval::{Tta, TtaTurns, evaluate_ensemble};
 
 /// Arguments of `digit3d predict`.
 #[derive(Debug, clap::Args)]
@@ -69,22 +68,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let indices: Vec<usize> = (0..set.len()).collect();
 
     let started = Instant::now();
-    let mut sums = vec![[0f32; CLASSES]; set.len()];
-    for (checkpoint, model) in checkpoints.iter().zip(&models) {
-        let train = &checkpoint.meta.train;
-        let passes = args.scoring.tta().passes(train.augment, train.seed);
-        let evaluation =
-            evaluate(model, &set, &indices, args.scoring.batch, &passes, None, &device)?;
-        for (sum, cosines) in sums.iter_mut().zip(&evaluation.cosines) {
-            for (s, c) in sum.iter_mut().zip(cosines) {
-                *s += c;
-            }
-        }
-    }
+    let members: Vec<_> = checkpoints
+        .iter()
+        .zip(&models)
+        .map(|(checkpoint, model)| {
+            let train = &checkpoint.meta.train;
+            (model, args.scoring.tta().passes(train.augment, train.seed))
+        })
+        .collect();
+    let evaluation = evaluate_ensemble(&members, &set, &indices, args.scoring.batch, &device)?;
     let seconds = started.elapsed().as_secs_f64();
 
     let rows: Vec<(u32, u8)> =
-        set.ids().iter().zip(&sums).map(|(&id, s)| (id, argmax(s))).collect();
+        set.ids().iter().copied().zip(evaluation.predictions).collect();
     write_labels(&args.out, rows)?;
     let passes_each = args.scoring.tta().count();
     let passes = passes_each * models.len();

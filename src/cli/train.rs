@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use digit3d::align::Alignment;
 use digit3d::dataset::{Dataset, LoadOptions};
-use digit3d::nn::compact::CompactConfig;
 use digit3d::nn::curricular::TRule;
 use digit3d::nn::model::{Architecture, InputForm};
 use digit3d::rotation::RotationDistribution;
@@ -74,14 +73,14 @@ pub struct Args {
     /// CurricularFace's momentum α of the t update.
     #[arg(long, default_value_t = 0.99)]
     pub momentum: f64,
-    /// The compact model's stage widths, comma-separated (default: 48,96,192).
+    /// The compact model's stage widths, comma-separated (default: 64,128,256).
     #[arg(long, value_name = "W,W,...", value_delimiter = ',')]
     pub widths: Option<Vec<usize>>,
     /// The compact model's separable convolutions per stage (default: 1,2,2).
     #[arg(long, value_name = "D,D,...", value_delimiter = ',')]
     pub depths: Option<Vec<usize>>,
-    /// The compact model's stem: channels, kernel size and optionally stride, as C,K or C,K,S
-    /// (default: 32,3,1; 32,1,1 on the views).
+    /// The compact model's stem: channels, kernel size and optionally stride (1 if left out),
+    /// as C,K or C,K,S (default: 32,3,2).
     #[arg(long, value_name = "C,K[,S]", value_delimiter = ',')]
     pub stem: Option<Vec<usize>>,
     /// With --align learned: epochs of training the pose network before the classifier.
@@ -122,7 +121,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = TrainConfig::new(args.model);
     if let Some(input) = args.input {
         config.model.input = input;
-        config.model.compact = CompactConfig::for_input(input);
     }
     if let Some(alignment) = args.align {
         config.model.alignment = alignment;

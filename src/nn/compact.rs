@@ -5,7 +5,6 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::layers::{Builder, Conv, Normalised, Phase, SeparableConv, global_average_pool};
-use super::model::InputForm;
 use super::pool::{max_pool_same, max_pool_same_shape};
 
 /// The shape of the compact backbone.
@@ -24,22 +23,19 @@ pub struct CompactConfig {
     pub depths: Vec<usize>,
 }
 
-impl CompactConfig {
-    /// The shape for inputs of `form`: a stem to 32 channels, then stages of 48, 96 and 192
-    /// channels with one, two and two separable convolutions. The stem is 3 x 3 on the three
-    /// boards (or the grid), where it is cheap and the first layer must see shapes; 1 x 1 on the
-    /// 24 stacked views, where a 3 x 3 one would cost as much as the rest of the network. About
-    /// 22 million multiply-adds per sample on the boards.
-    pub fn for_input(form: InputForm) -> Self {
-        let stem_kernel = match form {
-            InputForm::Views => 1,
-            InputForm::Boards | InputForm::Grid => 3,
-        };
+impl Default for CompactConfig {
+    /// The default shape, for every input form: a 3 x 3 stem of stride 2 to 32 channels, then stages of 64,
+    /// 128 and 256 channels with one, two and two separable convolutions. Halving the resolution
+    /// in the stem costs little (a lifted digit's strokes are several pixels wide) and pays for
+    /// stages a third wider than at full resolution: about 9 million multiply-adds per sample on
+    /// the boards, and twice the training steps per minute of stages of 48, 96 and 192 channels
+    /// unstrided.
+    fn default() -> Self {
         CompactConfig {
             stem: 32,
-            stem_kernel,
-            stem_stride: 1,
-            stages: vec![48, 96, 192],
+            stem_kernel: 3,
+            stem_stride: 2,
+            stages: vec![64, 128, 256],
             depths: vec![1, 2, 2],
         }
     }

@@ -133,7 +133,7 @@ impl ModelConfig {
             architecture,
             input,
             alignment,
-            compact: CompactConfig::for_input(input),
+            compact: CompactConfig::default(),
             pose: pose::default_backbone(),
         }
     }
@@ -355,7 +355,6 @@ mod tests {
         for input in [InputForm::Boards, InputForm::Views] {
             let mut config = ModelConfig::new(Architecture::Compact);
             config.input = input;
-            config.compact = CompactConfig::for_input(input);
             let model = Model::new(&config, 0, &Device::Cpu).unwrap();
             let [c, h, w] = input.shape();
             let zeros = Tensor::zeros((2, c, h, w), candle_core::DType::F32, &Device::Cpu).unwrap();

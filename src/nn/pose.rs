@@ -26,7 +26,6 @@ use candle_core::{Device, Result, Tensor, Var};
 
 use super::compact::{Compact, CompactConfig};
 use super::layers::{Builder, LayerRow, Phase};
-use super::model::InputForm;
 use super::params::{Init, Params};
 use crate::rotation::Rotation;
 
@@ -50,7 +49,7 @@ pub const TURN_NAMES: [&str; 4] = ["none", "half turn about z", "over about x", 
 
 /// The default shape of the pose network's backbone: the compact classifier's on the boards.
 pub fn default_backbone() -> CompactConfig {
-    CompactConfig::for_input(InputForm::Boards)
+    CompactConfig::default()
 }
 
 /// The index of the entry of [`TURNS`] nearest to `rotation`.

