@@ -79,8 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let evaluation = evaluate_ensemble(&members, &set, &indices, args.scoring.batch, &device)?;
     let seconds = started.elapsed().as_secs_f64();
 
-    let rows: Vec<(u32, u8)> =
-        set.ids().iter().copied().zip(evaluation.predictions).collect();
+    let rows: Vec<(u32, u8)> = set.ids().iter().copied().zip(evaluation.predictions).collect();
     write_labels(&args.out, rows)?;
     let passes_each = args.scoring.tta().count();
     let passes = passes_each * models.len();

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub align: Option<Alignment>,
     /// Epochs in all; the learning-rate schedule spans them. `auto` (with --time-limit): as
-    /// many as fit in the time, judged from the pace of the first steps.
+    /// many as fit in the time, judged from the pace of the first steps, then of each epoch.
     #[arg(long, default_value = "10", value_name = "N|auto")]
     pub epochs: Epochs,
     /// Stop after this many minutes, then evaluate and save.

@@ -322,9 +322,23 @@ fn predict(model: &Model, cloud: &[Point], passes: &[Pass]) -> anyhow::Result<Pr
     let [c, h, w] = inputs.shape();
     let len = inputs.values();
     let mut input = vec![0f32; passes.len() * len];
-    for (pass, out) in passes.iter().zip(input.chunks_mut(len)) {
-        let rotated = pass.augment.angles(0).rotation().rotate(cloud);
-        inputs.clone().turned(pass.turn).write(&[rotated], out)?;
+    // The passes that share a turn are drawn together, so that a pose network runs once for
+    // all of them.
+    let mut drawn = vec![false; passes.len()];
+    for first in 0..passes.len() {
+        if drawn[first] {
+            continue;
+        }
+        let turn = passes[first].turn;
+        let group: Vec<usize> = (first..passes.len()).filter(|&i| passes[i].turn == turn).collect();
+        let clouds: Vec<Vec<Point>> =
+            group.iter().map(|&i| passes[i].augment.angles(0).rotation().rotate(cloud)).collect();
+        let mut values = vec![0f32; group.len() * len];
+        inputs.clone().turned(turn).write(&clouds, &mut values)?;
+        for (&i, values) in group.iter().zip(values.chunks(len)) {
+            input[i * len..(i + 1) * len].copy_from_slice(values);
+            drawn[i] = true;
+        }
     }
     let input = Tensor::from_vec(input, (passes.len(), c, h, w), &Device::Cpu)?;
     let cosines = model.cosines(&input, Phase::Eval)?.mean(0)?.to_vec1::<f32>()?;
