@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use digit3d::dataset::{CloudSet, Dataset, LoadOptions, LoadReport, Role, TEST_H5};
-use digit3d::train::checkpoint::Checkpoint;
 use digit3d::train::data::stratified_split;
-use digit3d::train::eval::{Confusion, evaluate_ensemble};
+use digit3d::train::eval::Confusion;
 
 use super::predict::Scoring;
 
@@ -30,11 +29,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.scoring.tta >= 1, "--tta must be at least 1");
-    let device = args.scoring.device.device().map_err(anyhow::Error::msg)?;
-    let checkpoints =
-        args.checkpoint.iter().map(|p| Checkpoint::read(p)).collect::<Result<Vec<_>, _>>()?;
-    let models = checkpoints.iter().map(|c| c.model(&device)).collect::<Result<Vec<_>, _>>()?;
+    let ensemble = args.scoring.load(&args.checkpoint)?;
+    let checkpoints = &ensemble.checkpoints;
     let config = &checkpoints[0].meta.train;
 
     let (set, indices, what) = match &args.labels {
@@ -62,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .labels()
                 .with_context(|| format!("{}: no train.csv labels", args.data.display()))?;
             // The split is the first checkpoint's; the others must have held out the same.
-            for (path, other) in args.checkpoint.iter().zip(&checkpoints).skip(1) {
+            for (path, other) in args.checkpoint.iter().zip(checkpoints).skip(1) {
                 let theirs = &other.meta.train;
                 anyhow::ensure!(
                     (theirs.seed, theirs.val_fraction) == (config.seed, config.val_fraction),
@@ -95,15 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     digit3d::tune_allocator();
     let set = Arc::new(set);
-    let members: Vec<_> = checkpoints
-        .iter()
-        .zip(&models)
-        .map(|(checkpoint, model)| {
-            let train = &checkpoint.meta.train;
-            (model, args.scoring.tta().passes(train.augment, train.seed))
-        })
-        .collect();
-    let evaluation = evaluate_ensemble(&members, &set, &indices, args.scoring.batch, &device)?;
+    let evaluation = args.scoring.evaluate(&ensemble, &set, &indices)?;
     let confusion = evaluation.confusion.context("the samples have no labels to score against")?;
     println!("{} samples of {what}", indices.len());
     print_confusion(&confusion);
