@@ -322,8 +322,8 @@ fn predict(model: &Model, cloud: &[Point], passes: &[Pass]) -> anyhow::Result<Pr
     let [c, h, w] = inputs.shape();
     let len = inputs.values();
     let mut input = vec![0f32; passes.len() * len];
-    // The passes that share a turn are drawn together, so that a pose network runs once for
-    // all of them.
+    // The passes that share a turn are drawn together, so that a pose network poses their
+    // rotated copies in one batch rather than one at a time.
     let mut drawn = vec![false; passes.len()];
     for first in 0..passes.len() {
         if drawn[first] {
